@@ -1,0 +1,54 @@
+"""The MLP builder: shapes, parameter counts (analytic == Keras), config validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mnist_core.model import MLPConfig, build_mlp, param_count
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        MLPConfig(depth=1, width=16),
+        MLPConfig(depth=3, width=[32, 16, 8], dropout=0.2),
+        MLPConfig(depth=2, width=24, batch_norm=True, activation="gelu", optimizer="sgd"),
+    ],
+)
+def test_shapes_and_parameter_counts(config):
+    model = build_mlp(config)
+    dense = [layer for layer in model.layers if layer.__class__.__name__ == "Dense"]
+    assert [layer.units for layer in dense] == [*config.widths, 10]
+    assert model.count_params() == param_count(config)
+    probs = model.predict(np.zeros((4, 28, 28), np.float32), verbose=0)
+    assert probs.shape == (4, 10)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_seed_model_size():
+    # 784*2000+2000 + 4*(2000*2000+2000) + 2000*10+10: the student's 5 x 2000 network.
+    assert param_count(MLPConfig(depth=5, width=2000)) == 17_598_010
+
+
+def test_per_layer_widths_from_a_list_are_hashable():
+    assert hash(MLPConfig(depth=2, width=[4, 8])) == hash(MLPConfig(depth=2, width=(4, 8)))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"depth": 0}, "depth"),
+        ({"depth": 2, "width": [4]}, "lists 1 layers"),
+        ({"width": 0}, "widths"),
+        ({"width": 2.5}, "width must be"),
+        ({"activation": "nope"}, "activation"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"optimizer": "lbfgs"}, "optimizer"),
+        ({"learning_rate": float("nan")}, "learning_rate"),
+        ({"learning_rate": -1.0}, "learning_rate"),
+    ],
+)
+def test_bad_configs_are_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MLPConfig(**kwargs)

@@ -1,0 +1,1 @@
+"""Optuna sweeps of MNIST MLPs under wall-clock budgets, tracked in MLflow."""

@@ -1,0 +1,329 @@
+"""`python -m sweep`: run a study, report it, retrain the best model, classify images, open the UI.
+
+Every user error (bad file, bad flag, missing data, mismatched storage) is one line on stderr and
+exit code 2. `main(argv)` returns the exit code, so tests call the CLI in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mnist_core.data import DataError, load_splits, resolve_source
+from sweep.hypermodel import StudyFileError, StudySpec, load_study
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_STUDY = PROJECT_ROOT / "studies" / "tradeoff.toml"
+DEFAULT_STORE = Path("mlruns")
+
+
+class CommandError(Exception):
+    """A bad command-line value; the message says what and how to fix it."""
+
+
+def _number(kind: type, ok, what: str):
+    """An argparse type: `kind(text)` that satisfies `ok`, else a usage error saying `what`."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+POSITIVE_INT = _number(int, lambda v: v >= 1, "an integer >= 1")
+POSITIVE_SECONDS = _number(float, lambda v: v > 0, "a positive number of seconds")
+TRIAL_SECONDS = _number(float, lambda v: v >= 1, "at least 1 second (one batch and a validation pass)")
+
+
+class Command:
+    """One subcommand: its flags and what it does."""
+
+    help = ""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        pass
+
+    def take_action(self, args: argparse.Namespace) -> int:
+        raise NotImplementedError
+
+
+def _add_study_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--study", type=Path, default=DEFAULT_STUDY, help="study file (default: studies/tradeoff.toml)")
+    parser.add_argument("--name", help="study name in storage (default: the file's [study] name)")
+    parser.add_argument("--store", type=Path, default=DEFAULT_STORE, help="folder for storage, runs and models (default: mlruns)")
+    parser.add_argument("--storage", help="Optuna storage: a journal file path or an RDB URL (default: STORE/optuna.journal)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///STORE/mlflow.db)")
+
+
+def _add_data_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="folder with the four MNIST IDX files (default: $MNIST_DATA_DIR, else tensorflow-datasets)")
+
+
+def _tracking_uri(args: argparse.Namespace) -> str:
+    from sweep.tracking import default_tracking_uri
+
+    return args.tracking_uri or default_tracking_uri(args.store)
+
+
+def _prepare_store(store: Path) -> None:
+    try:
+        store.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CommandError(f"cannot create store {store}: {exc.strerror}") from None
+    if not os.access(store, os.W_OK):
+        raise CommandError(f"store {store} is not writable; fix its permissions or pass --store DIR")
+
+
+def _open(args: argparse.Namespace, create: bool):
+    """The study file, and its study in storage (created when `create`, else it must exist)."""
+    from sweep import oracle
+
+    spec = load_study(args.study)
+    if getattr(args, "trial_seconds", None):
+        spec = dataclasses.replace(spec, trial_seconds=args.trial_seconds)
+    _prepare_store(args.store)
+    storage = oracle.open_storage(args.storage, args.store)
+    name = args.name or spec.name
+    study = oracle.open_study(spec, storage, name) if create else oracle.load_existing(storage, name)
+    if not create:
+        oracle.check_matches(study, spec)
+    return spec, study
+
+
+def _sweep_worker(args: argparse.Namespace, trials: int, deadline: float | None, worker: int) -> int:
+    """One worker process (or the only one): load data, then run trials until the study has enough."""
+    from sweep.tracking import Tracker
+    from sweep.tuner import SweepContext, parent_run, run_trials
+
+    spec, study = _open(args, create=True)
+    source = resolve_source(args.data_dir)
+    splits = load_splits(source, spec.validation_fraction, spec.split_seed)
+    tracker = Tracker(_tracking_uri(args), study.study_name, args.store / "artifacts")
+    context = SweepContext(spec, splits, tracker, parent_run(study, tracker, spec), deadline)
+    if args.workers == 1:
+        return run_trials(study, context, trials)
+    return run_trials(study, context, trials, write=lambda line: print(f"[worker {worker}] {line}", flush=True), progress=False)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _worker_main(args: argparse.Namespace, trials: int, deadline: float | None, worker: int) -> None:
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        _sweep_worker(args, trials, deadline, worker)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+class Run(Command):
+    help = "run (or resume) a study until --trials trials have finished"
+
+    def add_arguments(self, parser):
+        _add_study_arguments(parser)
+        _add_data_argument(parser)
+        parser.add_argument("--trials", type=POSITIVE_INT, help="finished trials wanted in total (default: the file's study.trials)")
+        parser.add_argument("--timeout", type=POSITIVE_SECONDS, help="wall-clock budget of this sweep in seconds")
+        parser.add_argument("--trial-seconds", type=TRIAL_SECONDS, help="wall-clock budget per trial (default: the file's budget.trial_seconds)")
+        parser.add_argument("--workers", type=POSITIVE_INT, default=1, help="worker processes sharing the study (default: 1)")
+
+    def take_action(self, args):
+        from sweep import oracle, tracking, tuner
+
+        signal.signal(signal.SIGTERM, _interrupt)  # a polite kill closes runs like Ctrl-C does
+        cores = os.cpu_count() or 1
+        if args.workers > cores:
+            raise CommandError(f"--workers {args.workers} exceeds the {cores} CPU cores here; use --workers {cores} or fewer")
+        spec, study = _open(args, create=True)
+        trials = args.trials or spec.trials
+        timeout = args.timeout or spec.sweep_seconds
+        deadline = time.time() + timeout if timeout else None
+        resolve_source(args.data_dir)  # a bad --data-dir fails here, before any worker starts
+        tracker = tracking.Tracker(_tracking_uri(args), study.study_name, args.store / "artifacts")
+        parent = tuner.parent_run(study, tracker, spec)
+        done = oracle.count_finished(study)
+        print(f"study {study.study_name!r}: {done}/{trials} trials finished, per-trial budget {spec.trial_seconds:g} s"
+              + (f", sweep budget {timeout:g} s" if timeout else ""), flush=True)
+        status = "KILLED"
+        try:
+            if args.workers == 1:
+                done = _sweep_worker(args, trials, deadline, 0)
+            else:
+                context = multiprocessing.get_context("spawn")
+                processes = [context.Process(target=_worker_main, args=(args, trials, deadline, i)) for i in range(args.workers)]
+                for process in processes:
+                    process.start()
+                for process in processes:
+                    process.join()
+                done = oracle.count_finished(study)
+            status = "FINISHED"
+        finally:
+            tracker.end_run(parent, status)
+            if status == "KILLED":
+                print(f"interrupted: run the same command again to resume study {study.study_name!r}", file=sys.stderr)
+        _write_report(args, study, tracker, quiet=True)
+        print(f"{done}/{trials} trials finished. See `python -m sweep report` and `python -m sweep ui`.")
+        return 0
+
+
+def _write_report(args, study, tracker, quiet: bool = False):
+    from sweep.report import plot_tradeoff, trials_frame
+    from sweep.tracking import PARENT_ATTR
+
+    frame = trials_frame(study)
+    if frame.empty:
+        raise CommandError(f"study {study.study_name!r} has no trials yet")
+    out = (getattr(args, "out", None) or args.store / "reports") / study.study_name
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / "trials.csv"
+    frame.to_csv(csv_path, index=False)
+    chart = plot_tradeoff(frame, out / "tradeoff.png", f"{study.study_name}: accuracy vs training time")
+    parent = study.user_attrs.get(PARENT_ATTR)
+    if parent:
+        tracker.log_artifact(parent, csv_path)
+        tracker.log_artifact(parent, chart)
+    if not quiet:
+        columns = [c for c in frame.columns if c not in ("reason", "mlflow_run_id", "best_val_loss", "seconds_per_epoch", "examples_per_second")]
+        import pandas as pd
+
+        with pd.option_context("display.max_rows", 200, "display.width", 200, "display.float_format", "{:.4g}".format):
+            print(frame[columns].to_string(index=False))
+        print(f"\nwrote {csv_path} and {chart} (Pareto set: pareto=True)")
+    return frame, csv_path, chart
+
+
+class Report(Command):
+    help = "print the trials (best first, Pareto set marked), write CSV and the accuracy-vs-time chart"
+
+    def add_arguments(self, parser):
+        _add_study_arguments(parser)
+        parser.add_argument("--out", type=Path, help="folder for trials.csv and tradeoff.png (default: STORE/reports)")
+
+    def take_action(self, args):
+        from sweep.tracking import Tracker
+
+        _, study = _open(args, create=False)
+        _write_report(args, study, Tracker(_tracking_uri(args), study.study_name, args.store / "artifacts"))
+        return 0
+
+
+class Best(Command):
+    help = "retrain the best trial with its seed, test it once, log and register the model"
+
+    def add_arguments(self, parser):
+        _add_study_arguments(parser)
+        _add_data_argument(parser)
+        parser.add_argument("--max-train-seconds", type=POSITIVE_SECONDS, help="pick the most accurate trial that trained within this many seconds")
+        parser.add_argument("--model", type=Path, help="where to save the .keras file (default: STORE/models/STUDY.keras)")
+
+    def take_action(self, args):
+        from sweep.best import log_best, retrain, select_trial
+        from sweep.tracking import Tracker
+
+        spec, study = _open(args, create=False)
+        trial = select_trial(study, args.max_train_seconds)
+        source = resolve_source(args.data_dir)
+        splits = load_splits(source, spec.validation_fraction, spec.split_seed)
+        print(f"retraining trial {trial.number} ({trial.params}) for {trial.user_attrs['best_epoch']} epoch(s), "
+              f"seed {trial.user_attrs['seed']}", flush=True)
+        result = retrain(spec, trial, splits)
+        model_path = args.model or args.store / "models" / f"{study.study_name}.keras"
+        tracker = Tracker(_tracking_uri(args), study.study_name, args.store / "artifacts")
+        test = log_best(tracker, _tracking_uri(args), study, trial, result, splits, source, model_path)
+        print(f"trial {trial.number}: val accuracy {result.best_epoch.val_accuracy:.4f} "
+              f"(sweep: {trial.user_attrs['best_val_accuracy']:.4f}), test accuracy {test['test_accuracy']:.4f}, "
+              f"test loss {test['test_loss']:.4f}, trained in {result.seconds:.1f} s")
+        print(f"saved {model_path}; registered in MLflow as mnist-{study.study_name}")
+        return 0
+
+
+class Predict(Command):
+    help = "classify PNG/JPEG images of single digits with the best model"
+
+    def add_arguments(self, parser):
+        parser.add_argument("images", nargs="+", type=Path)
+        parser.add_argument("--model", type=Path, help="a .keras file (default: STORE/models/STUDY.keras from `sweep best`)")
+        parser.add_argument("--store", type=Path, default=DEFAULT_STORE)
+        parser.add_argument("--name", default=None, help="study whose best model to use (default: tradeoff)")
+
+    def take_action(self, args):
+        from sweep.best import predict
+
+        model = args.model or args.store / "models" / f"{args.name or load_study(DEFAULT_STUDY).name}.keras"
+        if not model.is_file():
+            raise CommandError(f"no model at {model}; run `python -m sweep best` first or pass --model FILE")
+        missing = [str(p) for p in args.images if not p.is_file()]
+        if missing:
+            raise CommandError(f"no such image: {', '.join(missing)}")
+        try:
+            predictions = predict(model, args.images)
+        except ValueError as exc:  # an image that cannot be read or holds no digit
+            raise CommandError(str(exc)) from None
+        for path, digit, probability in predictions:
+            print(f"{path}: {digit} (p={probability:.3f})")
+        return 0
+
+
+class Ui(Command):
+    help = "start the MLflow UI on this project's store"
+
+    def add_arguments(self, parser):
+        parser.add_argument("--store", type=Path, default=DEFAULT_STORE)
+        parser.add_argument("--tracking-uri")
+        parser.add_argument("--port", type=POSITIVE_INT, default=5000)
+
+    def take_action(self, args):
+        uri = _tracking_uri(args)
+        print(f"MLflow UI on http://127.0.0.1:{args.port} for {uri} (Ctrl-C to stop)", flush=True)
+        return subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--port", str(args.port)])
+
+
+COMMANDS: dict[str, type[Command]] = {"run": Run, "report": Report, "best": Best, "predict": Predict, "ui": Ui}
+USER_ERRORS = (CommandError, StudyFileError, DataError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sweep", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command_name", required=True, metavar="COMMAND")
+    for name, command_class in COMMANDS.items():
+        command = command_class()
+        sub = subparsers.add_parser(name, help=command.help, description=command.help)
+        command.add_arguments(sub)
+        sub.set_defaults(command=command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    import optuna
+
+    from sweep.best import SelectionError
+    from sweep.oracle import StorageError
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the tuner prints one line per trial, failures too
+
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # argparse: --help (0) or a usage error (2), already printed
+        return int(exit_.code or 0)
+    try:
+        return args.command.take_action(args)
+    except (*USER_ERRORS, StorageError, SelectionError) as exc:
+        print(f"sweep: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

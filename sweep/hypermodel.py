@@ -1,0 +1,268 @@
+"""Studies as data: a TOML file names the search space, fixed values, objectives and budgets.
+
+Following the tuning playbook, hyperparameters are *scientific* (what the study is about),
+*nuisance* (tuned so the comparison is fair) or *fixed*. `StudySpec.config_for(trial)` is the
+one place where a trial becomes a `TrainConfig`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from mnist_core.model import ACTIVATIONS, OPTIMIZERS, MLPConfig
+from mnist_core.trainer import TrainConfig
+
+
+class StudyFileError(Exception):
+    """A study file is missing or invalid; the message names the file, the key and the reason."""
+
+
+# name -> (type, sane lower bound, sane upper bound or allowed values)
+HYPERPARAMETERS: dict[str, tuple[type, Any, Any]] = {
+    "depth": (int, 1, 64),
+    "width": (int, 1, 65_536),
+    "epochs": (int, 1, 1_000),
+    "batch_size": (int, 1, 60_000),
+    "learning_rate": (float, 1e-8, 10.0),
+    "dropout": (float, 0.0, 0.99),
+    "activation": (str, None, ACTIVATIONS),
+    "optimizer": (str, None, tuple(OPTIMIZERS)),
+    "batch_norm": (bool, None, (False, True)),
+}
+MODEL_KEYS = ("depth", "width", "activation", "dropout", "batch_norm", "optimizer", "learning_rate")
+# objective name in study files -> (direction, the trial metric it reads: scored at the best validation epoch)
+OBJECTIVES = {
+    "val_accuracy": ("maximize", "best_val_accuracy"),
+    "val_loss": ("minimize", "best_val_loss"),
+    "train_seconds": ("minimize", "train_seconds"),
+}
+SAMPLERS = ("tpe", "random", "nsga2")
+PRUNERS = ("none", "median", "hyperband")
+ROLES = ("scientific", "nuisance")
+SCHEMA = {
+    "study": {"name", "description", "objectives", "sampler", "pruner", "seed", "trials"},
+    "budget": {"trial_seconds", "sweep_seconds"},
+    "data": {"validation_fraction", "split_seed"},
+    "scientific": set(HYPERPARAMETERS),
+    "nuisance": set(HYPERPARAMETERS),
+    "fixed": set(HYPERPARAMETERS),
+}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched hyperparameter: an int/float range (optionally log) or a list of choices."""
+
+    name: str
+    role: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple | None = None
+
+    def suggest(self, trial: optuna.trial.BaseTrial) -> Any:
+        if self.choices is not None:
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if HYPERPARAMETERS[self.name][0] is int:
+            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(self.name, self.low, self.high, log=self.log)
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A validated study file."""
+
+    path: Path
+    name: str
+    description: str
+    objectives: tuple[str, ...]
+    sampler: str
+    pruner: str
+    seed: int
+    trials: int
+    trial_seconds: float
+    sweep_seconds: float | None
+    validation_fraction: float
+    split_seed: int
+    params: tuple[Param, ...]
+    fixed: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def directions(self) -> list[str]:
+        return [OBJECTIVES[o][0] for o in self.objectives]
+
+    @property
+    def objective_metrics(self) -> list[str]:
+        return [OBJECTIVES[o][1] for o in self.objectives]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    def fingerprint(self) -> str:
+        """What must match for a stored study to be resumed with this file (space, fixed, objectives)."""
+        space = {p.name: [p.low, p.high, p.log, p.choices] for p in self.params}
+        return json.dumps({"space": space, "fixed": self.fixed, "objectives": self.objectives}, sort_keys=True)
+
+    def config_for(self, trial: optuna.trial.BaseTrial, seed: int) -> TrainConfig:
+        """The training run a trial stands for: its sampled values over the fixed ones."""
+        values = dict(self.fixed)
+        values.update({p.name: p.suggest(trial) for p in self.params})
+        model = MLPConfig(**{k: values[k] for k in MODEL_KEYS if k in values})
+        run = {k: values[k] for k in ("epochs", "batch_size") if k in values}
+        return TrainConfig(model=model, seed=seed, **run)
+
+
+def _fail(path: Path, key: str, reason: str) -> StudyFileError:
+    return StudyFileError(f"{path}: {key}: {reason}")
+
+
+def _check_value(path: Path, key: str, name: str, value: Any, allow_list: bool = False) -> Any:
+    """Type and sanity bounds of one hyperparameter value (a fixed width may list one per layer)."""
+    kind, low, high = HYPERPARAMETERS[name]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if allow_list and name == "width" and isinstance(value, list):
+        return [_check_value(path, f"{key}[{i}]", name, item) for i, item in enumerate(value)]
+    if type(value) is not kind:
+        raise _fail(path, key, f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
+    if kind is float and not math.isfinite(value):
+        raise _fail(path, key, f"must be finite, got {value}")
+    if kind in (int, float) and not low <= value <= high:
+        raise _fail(path, key, f"{value} is outside the sane range [{low}, {high}]")
+    if kind in (str, bool) and value not in high:
+        raise _fail(path, key, f"{value!r} is not one of {', '.join(map(str, high))}")
+    return value
+
+
+def _param(path: Path, role: str, name: str, spec: Any) -> Param:
+    key = f"{role}.{name}"
+    if not isinstance(spec, dict):
+        raise _fail(path, key, "expected a table like { low = 1, high = 4 } or { choices = [...] }")
+    unknown = set(spec) - {"low", "high", "log", "choices"}
+    if unknown:
+        raise _fail(path, key, f"unknown key(s) {', '.join(sorted(unknown))}; use low/high/log or choices")
+    if "choices" in spec:
+        if set(spec) != {"choices"}:
+            raise _fail(path, key, "choices cannot be combined with low/high/log")
+        choices = spec["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise _fail(path, key, "choices must be a non-empty list")
+        values = tuple(_check_value(path, f"{key}.choices", name, c) for c in choices)
+        if len(set(values)) != len(values):
+            raise _fail(path, key, "choices repeat a value")
+        return Param(name, role, choices=values)
+    kind = HYPERPARAMETERS[name][0]
+    if kind not in (int, float):
+        raise _fail(path, key, f"{name} is not numeric: give choices = [...]")
+    if "low" not in spec or "high" not in spec:
+        raise _fail(path, key, "a range needs both low and high")
+    low = _check_value(path, f"{key}.low", name, spec["low"])
+    high = _check_value(path, f"{key}.high", name, spec["high"])
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise _fail(path, key, f"log must be true or false, got {log!r}")
+    if low >= high:
+        raise _fail(path, key, f"empty or inverted range: low {low} >= high {high} (put a single value in [fixed])")
+    if log and low <= 0:
+        raise _fail(path, key, f"a log scale needs low > 0, got {low}")
+    return Param(name, role, low=low, high=high, log=log)
+
+
+def _number(path: Path, key: str, value: Any, kind: type, low: float, high: float) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        raise _fail(path, key, f"expected {kind.__name__}, got {value!r}")
+    if not (math.isfinite(value) and low <= value <= high):
+        raise _fail(path, key, f"{value} is outside [{low}, {high}]")
+    return kind(value)
+
+
+def load_study(path: str | Path) -> StudySpec:
+    """Read and validate a study file; every problem is a `StudyFileError` naming file and key."""
+    path = Path(path)
+    try:
+        document = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise StudyFileError(f"{path}: no such study file; see studies/ for examples") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StudyFileError(f"{path}: cannot read ({exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise StudyFileError(f"{path}: not valid TOML ({exc})") from None
+
+    for section, value in document.items():
+        if section not in SCHEMA:
+            raise _fail(path, section, f"unknown section; expected {', '.join(SCHEMA)}")
+        if not isinstance(value, dict):
+            raise _fail(path, section, "expected a table")
+        unknown = set(value) - SCHEMA[section]
+        if unknown:
+            raise _fail(path, f"{section}.{sorted(unknown)[0]}", f"unknown key; expected one of {', '.join(sorted(SCHEMA[section]))}")
+    study, budget, data = (document.get(s, {}) for s in ("study", "budget", "data"))
+
+    name = study.get("name", path.stem)
+    if not isinstance(name, str) or not name.strip():
+        raise _fail(path, "study.name", "must be a non-empty string")
+    objectives = study.get("objectives", ["val_accuracy"])
+    if not isinstance(objectives, list) or not objectives or any(o not in OBJECTIVES for o in objectives):
+        raise _fail(path, "study.objectives", f"must be a non-empty list of {', '.join(OBJECTIVES)}, got {objectives!r}")
+    if len(set(objectives)) != len(objectives):
+        raise _fail(path, "study.objectives", "repeats an objective")
+    sampler = study.get("sampler", "tpe")
+    if sampler not in SAMPLERS:
+        raise _fail(path, "study.sampler", f"{sampler!r} is not one of {', '.join(SAMPLERS)}")
+    pruner = study.get("pruner", "none")
+    if pruner not in PRUNERS:
+        raise _fail(path, "study.pruner", f"{pruner!r} is not one of {', '.join(PRUNERS)}")
+    if pruner != "none" and len(objectives) > 1:
+        raise _fail(path, "study.pruner", "Optuna cannot prune multi-objective studies; use pruner = \"none\"")
+
+    params: list[Param] = []
+    fixed: dict[str, Any] = {}
+    for role in ROLES:
+        for pname, spec in document.get(role, {}).items():
+            params.append(_param(path, role, pname, spec))
+    for fname, value in document.get("fixed", {}).items():
+        fixed[fname] = _check_value(path, f"fixed.{fname}", fname, value, allow_list=True)
+    names = [p.name for p in params] + list(fixed)
+    for duplicate in {n for n in names if names.count(n) > 1}:
+        raise _fail(path, duplicate, "appears more than once across scientific, nuisance and fixed")
+
+    spec = StudySpec(
+        path=path,
+        name=name,
+        description=str(study.get("description", "")),
+        objectives=tuple(objectives),
+        sampler=sampler,
+        pruner=pruner,
+        seed=_number(path, "study.seed", study.get("seed", 0), int, 0, 2**31 - 1),
+        trials=_number(path, "study.trials", study.get("trials", 50), int, 1, 100_000),
+        trial_seconds=_number(path, "budget.trial_seconds", budget.get("trial_seconds", 300), float, 1, 7 * 86_400),
+        sweep_seconds=(
+            _number(path, "budget.sweep_seconds", budget["sweep_seconds"], float, 1, 30 * 86_400)
+            if "sweep_seconds" in budget
+            else None
+        ),
+        validation_fraction=_number(path, "data.validation_fraction", data.get("validation_fraction", 0.1), float, 0.01, 0.5),
+        split_seed=_number(path, "data.split_seed", data.get("split_seed", 0), int, 0, 2**31 - 1),
+        params=tuple(params),
+        fixed=fixed,
+    )
+    # Combinations the per-value checks cannot see (a width list against depth, say).
+    try:
+        spec.config_for(optuna.trial.FixedTrial({p.name: _first(p) for p in params}), seed=spec.seed)
+    except ValueError as exc:
+        raise _fail(path, "fixed", str(exc)) from None
+    return spec
+
+
+def _first(param: Param) -> Any:
+    if param.choices is not None:
+        return param.choices[0]
+    return int(param.low) if HYPERPARAMETERS[param.name][0] is int else param.low

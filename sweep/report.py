@@ -1,0 +1,102 @@
+"""Results: the trials as a pandas table (best first, Pareto set marked) and the accuracy-vs-time chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+METRICS = (
+    "best_val_accuracy",
+    "best_val_loss",
+    "train_seconds",
+    "best_epoch",
+    "epochs_run",
+    "seconds_per_epoch",
+    "examples_per_second",
+    "param_count",
+)
+
+
+def pareto_mask(accuracy: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+    """True where no other point is at least as accurate and as fast, and strictly better in one."""
+    accuracy, seconds = np.asarray(accuracy, float), np.asarray(seconds, float)
+    valid = np.isfinite(accuracy) & np.isfinite(seconds)
+    on_front = valid.copy()
+    for i in np.flatnonzero(valid):
+        no_worse = (accuracy[valid] >= accuracy[i]) & (seconds[valid] <= seconds[i])
+        better = (accuracy[valid] > accuracy[i]) | (seconds[valid] < seconds[i])
+        on_front[i] = not np.any(no_worse & better)
+    return on_front
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial: state, params, score and costs; `pareto` marks the accuracy-vs-time front."""
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        row = {"trial": trial.number, "state": trial.state.name}
+        row.update(trial.params)
+        row.update({m: trial.user_attrs.get(m) for m in METRICS})
+        row["reason"] = trial.user_attrs.get("reason")
+        row["mlflow_run_id"] = trial.user_attrs.get("mlflow_run_id")
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    for metric in METRICS:
+        frame[metric] = pd.to_numeric(frame[metric], errors="coerce")
+    complete = (frame["state"] == TrialState.COMPLETE.name).to_numpy()
+    accuracy = np.where(complete, frame["best_val_accuracy"], np.nan)
+    frame.insert(2, "pareto", pareto_mask(accuracy, frame["train_seconds"].to_numpy()))
+    return frame.sort_values(["best_val_accuracy", "train_seconds"], ascending=[False, True], na_position="last").reset_index(drop=True)
+
+
+def _label(row: pd.Series) -> str:
+    shape = f"{int(row['depth'])}x{int(row['width'])}" if "depth" in row and "width" in row else f"#{row['trial']}"
+    return f"{shape}, {int(row['epochs_run'])} ep"
+
+
+def plot_tradeoff(frame: pd.DataFrame, path: Path, title: str, reference: tuple[str, float, float] | None = None) -> Path:
+    """Accuracy against training seconds (log scale), the Pareto front drawn as a staircase.
+
+    `reference` is (label, seconds, accuracy) of a model to compare with, e.g. the seed model.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
+    complete = frame[frame["state"] == TrialState.COMPLETE.name]
+    pruned = frame[(frame["state"] == TrialState.PRUNED.name) & frame["best_val_accuracy"].notna()]
+    front = complete[complete["pareto"]].sort_values("train_seconds")
+    ax.scatter(complete["train_seconds"], complete["best_val_accuracy"], s=22, color="tab:blue", alpha=0.6, label="trial")
+    if not pruned.empty:
+        ax.scatter(pruned["train_seconds"], pruned["best_val_accuracy"], s=22, marker="x", color="grey", alpha=0.6, label="pruned / cut short")
+    ax.step(front["train_seconds"], front["best_val_accuracy"], where="post", color="tab:red", lw=1.5, label="Pareto front")
+    ax.scatter(front["train_seconds"], front["best_val_accuracy"], s=40, color="tab:red", zorder=3)
+    for _, row in front.iterrows():
+        ax.annotate(_label(row), (row["train_seconds"], row["best_val_accuracy"]), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    if reference is not None:
+        name, seconds, accuracy = reference
+        ax.scatter([seconds], [accuracy], s=120, marker="*", color="tab:orange", zorder=4, label=name)
+    accuracies = pd.concat([complete["best_val_accuracy"], front["best_val_accuracy"]]).dropna()
+    if len(accuracies):
+        ax.set_ylim(max(accuracies.quantile(0.1) - 0.02, 0.0), min(accuracies.max() + 0.01, 1.0))
+    if (pd.concat([complete, pruned])["train_seconds"] > 0).any():
+        ax.set_xscale("log")
+    if complete.empty:
+        ax.text(0.5, 0.5, "no complete trial yet", transform=ax.transAxes, ha="center", color="grey")
+    ax.set_xlabel("training seconds (log scale)")
+    ax.set_ylabel("best validation accuracy")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

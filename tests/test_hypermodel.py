@@ -1,0 +1,101 @@
+"""Study files: the shipped ones load; every invalid file is refused with file, key and reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from mnist_core.model import MLPConfig
+from sweep.hypermodel import StudyFileError, load_study
+
+STUDIES = Path(__file__).resolve().parents[1] / "studies"
+
+
+def test_shipped_studies_load():
+    names = {load_study(p).name for p in STUDIES.glob("*.toml")}
+    assert {"seed", "tradeoff", "accuracy"} <= names
+    assert load_study(STUDIES / "tradeoff.toml").directions == ["maximize", "minimize"]
+    accuracy = load_study(STUDIES / "accuracy.toml")
+    assert accuracy.pruner == "hyperband" and not accuracy.multi_objective
+
+
+def test_seed_study_is_the_students_model():
+    spec = load_study(STUDIES / "seed.toml")
+    config = spec.config_for(optuna.trial.FixedTrial({}), seed=spec.seed)
+    assert config.model == MLPConfig(depth=5, width=2000, activation="relu", optimizer="adam", learning_rate=1e-3)
+    assert (config.epochs, config.batch_size, spec.validation_fraction) == (10, 100, 0.1)
+
+
+def test_learning_rate_is_searched_on_a_log_scale():
+    for name in ("tradeoff.toml", "accuracy.toml"):
+        (lr,) = [p for p in load_study(STUDIES / name).params if p.name == "learning_rate"]
+        assert lr.log and lr.role == "nuisance"
+
+
+def test_trial_becomes_config():
+    spec = load_study(STUDIES / "tradeoff.toml")
+    trial = optuna.trial.FixedTrial({"depth": 2, "width": 64, "epochs": 3, "learning_rate": 0.01, "batch_size": 128, "dropout": 0.1})
+    config = spec.config_for(trial, seed=7)
+    assert config.model.widths == (64, 64) and config.model.dropout == 0.1 and config.model.optimizer == "adam"
+    assert (config.epochs, config.batch_size, config.seed) == (3, 128, 7)
+
+
+BASE = """
+[study]
+name = "t"
+objectives = ["val_accuracy"]
+[scientific]
+depth = { low = 1, high = 3 }
+"""
+
+
+@pytest.mark.parametrize(
+    "extra, key, reason",
+    [
+        ("[bogus]\nx = 1\n", "bogus", "unknown section"),
+        ("[budget]\ntrial_secs = 3\n", "budget.trial_secs", "unknown key"),
+        ("[nuisance]\nwidth = { low = 64, high = 8 }\n", "nuisance.width", "inverted range"),
+        ("[nuisance]\nwidth = { low = 8, high = 8 }\n", "nuisance.width", "empty or inverted"),
+        ("[nuisance]\nbatch_size = { choices = [] }\n", "nuisance.batch_size", "non-empty list"),
+        ("[nuisance]\nwidth = { low = 8.5, high = 64 }\n", "nuisance.width.low", "expected int"),
+        ("[nuisance]\nlearning_rate = { low = nan, high = 0.1 }\n", "nuisance.learning_rate.low", "finite"),
+        ("[nuisance]\nlearning_rate = { low = 0.001, high = inf }\n", "nuisance.learning_rate.high", "finite"),
+        ("[nuisance]\ndropout = { low = 0.0, high = 0.5, log = true }\n", "nuisance.dropout", "log scale needs low > 0"),
+        ("[nuisance]\nwidth = { low = 8, high = 100000000 }\n", "nuisance.width.high", "sane range"),
+        ("[nuisance]\nwidth = { low = 8, hi = 64 }\n", "nuisance.width", "unknown key"),
+        ("[fixed]\ndepth = 2\n", "depth", "more than once"),
+        ("[fixed]\nactivation = \"swishy\"\n", "fixed.activation", "not one of"),
+        ("[fixed]\nepochs = \"10\"\n", "fixed.epochs", "expected int"),
+        ("[budget]\ntrial_seconds = -5\n", "budget.trial_seconds", "outside"),
+    ],
+)
+def test_invalid_study_files_name_file_key_and_reason(tmp_path, extra, key, reason):
+    path = tmp_path / "bad.toml"
+    path.write_text(BASE + extra)
+    with pytest.raises(StudyFileError) as error:
+        load_study(path)
+    message = str(error.value)
+    assert message.startswith(str(path)) and key in message and reason in message
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("[study\nname = 1", "not valid TOML"),
+        ('[study]\nobjectives = ["val_accuracy", "train_seconds"]\npruner = "median"\n', "cannot prune multi-objective"),
+        ('[study]\nobjectives = ["accuracy"]\n', "study.objectives"),
+        ("[fixed]\ndepth = 3\nwidth = [8, 8]\n", "width lists 2 layers but depth is 3"),
+    ],
+)
+def test_other_invalid_files(tmp_path, text, reason):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(StudyFileError, match=reason):
+        load_study(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(StudyFileError, match="no such study file"):
+        load_study(tmp_path / "nope.toml")

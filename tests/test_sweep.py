@@ -1,0 +1,302 @@
+"""The sweep end to end, in-process on synthetic data: run, resume, budgets, MLflow, report, best, predict."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from sweep import tuner
+from sweep.cli import main
+from sweep.tracking import default_tracking_uri
+
+TINY = """
+[study]
+name = "tiny"
+objectives = ["val_accuracy", "train_seconds"]
+trials = 4
+seed = 0
+
+[budget]
+trial_seconds = 120
+
+[scientific]
+depth = { low = 1, high = 2 }
+width = { low = 8, high = 32, log = true }
+epochs = { low = 1, high = 2 }
+
+[nuisance]
+learning_rate = { low = 1e-3, high = 1e-2, log = true }
+
+[fixed]
+batch_size = 64
+"""
+
+
+@pytest.fixture
+def study_file(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    return path
+
+
+@pytest.fixture
+def cli(tmp_path, idx_dir, study_file, capsys):
+    """Run `python -m sweep COMMAND ...` in-process against a tmp store; returns (code, out, err)."""
+    store = tmp_path / "store"
+
+    def run(command: str, *args: str, data: bool = True, study: Path | None = study_file):
+        argv = [command]
+        if study is not None:
+            argv += ["--study", str(study)]
+        argv += ["--store", str(store), *(["--data-dir", str(idx_dir)] if data else []), *args]
+        code = main(argv)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    run.store = store
+    return run
+
+
+def load(store: Path, name: str = "tiny") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(store / "optuna.journal"))))
+
+
+def runs(store: Path, experiment: str = "tiny"):
+    client = MlflowClient(default_tracking_uri(store))
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    return client, client.search_runs([experiment_id], max_results=1000)
+
+
+def test_four_trial_sweep_end_to_end(cli):
+    code, out, err = cli("run", "--trials", "4")
+    assert code == 0, err
+    study = load(cli.store)
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 4 and len(study.best_trials) >= 1
+    assert all(f"trial {t.number:4d} COMPLETE" in out for t in trials)
+
+    client, all_runs = runs(cli.store)
+    parents = [r for r in all_runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in all_runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert study.user_attrs["mlflow_parent_run_id"] == parents[0].info.run_id
+    assert len(children) == 4
+    for trial in trials:
+        (run,) = [r for r in children if r.info.run_id == trial.user_attrs["mlflow_run_id"]]
+        assert run.data.tags["optuna.trial_number"] == str(trial.number)
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == "COMPLETE"
+        assert int(run.data.params["depth"]) == trial.params["depth"] and run.data.params["batch_size"] == "64"
+        for metric in ("best_val_accuracy", "best_val_loss", "train_seconds", "seconds_per_epoch", "examples_per_second", "param_count", "best_epoch"):
+            assert metric in run.data.metrics, metric
+        assert run.data.metrics["best_val_accuracy"] == pytest.approx(trial.values[0])
+        for metric in ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds"):
+            history = client.get_metric_history(run.info.run_id, metric)
+            assert [m.step for m in history] == list(range(1, trial.params["epochs"] + 1))
+        manifest = json.loads(Path(client.download_artifacts(run.info.run_id, "manifest.json")).read_text())
+        assert manifest["seed"] == trial.user_attrs["seed"] and manifest["data_source"].startswith("idx:")
+        assert len(manifest["data_checksum_sha256"]) == 64 and manifest["packages"]["optuna"]
+    parent_artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert {"tradeoff.png", "trials.csv"} <= parent_artifacts
+
+
+def test_resume_continues_to_the_requested_total(cli):
+    assert cli("run", "--trials", "2")[0] == 0
+    code, out, _ = cli("run", "--trials", "3")
+    assert code == 0 and "2/3 trials finished" in out
+    study = load(cli.store)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
+    assert cli("run", "--trials", "3")[0] == 0  # nothing left to do
+    assert len(load(cli.store).trials) == 3
+    _, all_runs = runs(cli.store)
+    assert sum("mlflow.parentRunId" not in r.data.tags for r in all_runs) == 1
+
+
+def test_interrupted_sweep_closes_runs_and_resumes(cli, monkeypatch):
+    real_train = tuner.train
+    calls = []
+
+    def interrupted_on_second_trial(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(tuner, "train", interrupted_on_second_trial)
+    code, _, err = cli("run", "--trials", "3")
+    assert code == 130 and "run the same command again to resume" in err
+    study = load(cli.store)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    _, all_runs = runs(cli.store)
+    statuses = {r.data.tags.get("mlflow.runName"): r.info.status for r in all_runs}
+    assert statuses == {"sweep-tiny": "KILLED", "trial-0": "FINISHED", "trial-1": "FAILED"}
+
+    monkeypatch.setattr(tuner, "train", real_train)
+    assert cli("run", "--trials", "3")[0] == 0
+    assert len(load(cli.store).get_trials(states=(TrialState.COMPLETE,))) == 3
+    _, all_runs = runs(cli.store)
+    assert not [r for r in all_runs if r.info.status == "RUNNING"]
+
+
+def test_changed_search_space_is_refused_before_any_trial(cli, study_file):
+    assert cli("run", "--trials", "1")[0] == 0
+    study_file.write_text(TINY.replace("high = 32", "high = 64"))
+    code, _, err = cli("run", "--trials", "2")
+    assert code == 2 and "different search space" in err and len(err.strip().splitlines()) == 1
+    assert len(load(cli.store).trials) == 1
+
+
+def test_oversized_net_is_pruned_before_training(cli, study_file, tmp_path):
+    # Trial 0 measures throughput on a tiny net; trial 1 (36M parameters, 50 epochs, 2 s budget) is
+    # then estimated at thousands of seconds and pruned without being built.
+    study_file.write_text(
+        TINY.replace("trial_seconds = 120", "trial_seconds = 2")
+        .replace("depth = { low = 1, high = 2 }", "depth = { low = 1, high = 3 }")
+        .replace("width = { low = 8, high = 32, log = true }", "width = { choices = [8, 4096] }")
+        .replace("epochs = { low = 1, high = 2 }", "epochs = { choices = [1, 50] }")
+    )
+    from sweep.hypermodel import load_study
+    from sweep.oracle import open_storage, open_study
+
+    study = open_study(load_study(study_file), open_storage(None, cli.store))
+    study.enqueue_trial({"depth": 1, "width": 8, "epochs": 1, "learning_rate": 0.005})
+    study.enqueue_trial({"depth": 3, "width": 4096, "epochs": 50, "learning_rate": 0.005})
+    code, out, err = cli("run", "--trials", "2")
+    assert code == 0, err
+    first, second = load(cli.store).trials
+    assert first.state == TrialState.COMPLETE
+    assert second.state == TrialState.PRUNED and second.user_attrs["reason"].startswith("over_budget: estimated")
+    assert "epochs_run" not in second.user_attrs  # never trained
+    _, all_runs = runs(cli.store)
+    (run,) = [r for r in all_runs if r.info.run_id == second.user_attrs["mlflow_run_id"]]
+    assert run.info.status == "KILLED" and run.data.tags["optuna.state"] == "PRUNED"
+
+
+def test_running_trial_is_stopped_at_its_deadline(cli, study_file):
+    study_file.write_text(TINY.replace("epochs = { low = 1, high = 2 }", "epochs = { low = 900, high = 1000 }"))
+    code, out, _ = cli("run", "--trials", "1", "--trial-seconds", "3")
+    assert code == 0
+    (trial,) = load(cli.store).trials
+    assert trial.state == TrialState.PRUNED and trial.user_attrs["reason"].startswith(("budget", "over_budget"))
+    assert trial.user_attrs["epochs_run"] >= 1 and trial.user_attrs["best_val_accuracy"] is not None  # partial result kept
+    assert "PRUNED" in out
+
+
+def test_nan_trials_fail_with_reason_and_the_sweep_stops_after_repeated_failures(cli, monkeypatch):
+    # Study files cap the learning rate at sane values, so diverge by training every trial at 1e12.
+    real_train = tuner.train
+
+    def diverging(config, *args, **kwargs):
+        model = dataclasses.replace(config.model, optimizer="sgd", learning_rate=1e12)
+        return real_train(dataclasses.replace(config, model=model), *args, **kwargs)
+
+    monkeypatch.setattr(tuner, "train", diverging)
+    code, out, _ = cli("run", "--trials", "2")
+    assert code == 0, _
+    assert f"the last {tuner.MAX_CONSECUTIVE_FAILURES} trials failed" in out
+    trials = load(cli.store).trials
+    assert len(trials) == tuner.MAX_CONSECUTIVE_FAILURES
+    assert all(t.state == TrialState.FAIL and t.user_attrs["reason"].startswith("nan_loss") for t in trials)
+    _, all_runs = runs(cli.store)
+    assert sorted(r.info.status for r in all_runs if "mlflow.parentRunId" in r.data.tags) == ["FAILED"] * len(trials)
+
+
+def test_single_objective_study_prunes(cli, study_file):
+    study_file.write_text(
+        TINY.replace('objectives = ["val_accuracy", "train_seconds"]', 'objectives = ["val_accuracy"]\npruner = "median"')
+        .replace("epochs = { low = 1, high = 2 }", "epochs = { low = 3, high = 4 }")
+    )
+    # Median pruning needs 5 finished trials before it prunes; a strong first half makes later weak ones prunable.
+    assert cli("run", "--trials", "8")[0] == 0
+    study = load(cli.store)
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE]
+    assert all(len(t.intermediate_values) >= 1 for t in study.trials)
+
+
+def test_report_writes_table_csv_and_chart(cli):
+    assert cli("run", "--trials", "4")[0] == 0
+    code, out, _ = cli("report", data=False)
+    assert code == 0 and "pareto" in out
+    csv = cli.store / "reports" / "tiny" / "trials.csv"
+    png = cli.store / "reports" / "tiny" / "tradeoff.png"
+    import pandas as pd
+
+    frame = pd.read_csv(csv)
+    assert len(frame) == 4 and frame["pareto"].any()
+    assert frame["best_val_accuracy"].is_monotonic_decreasing
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_best_retrains_tests_and_registers_the_model(cli):
+    assert cli("run", "--trials", "3")[0] == 0
+    code, out, err = cli("best")
+    assert code == 0, err
+    study = load(cli.store)
+    client, all_runs = runs(cli.store)
+    (best_run,) = [r for r in all_runs if r.data.tags.get("role") == "best"]
+    chosen = int(best_run.data.tags["optuna.trial_number"])
+    assert chosen == max(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: (t.values[0], -t.values[1])).number
+    # Same seed, same epochs: the retrained model matches the trial's validation accuracy.
+    assert best_run.data.metrics["best_val_accuracy"] == pytest.approx(study.trials[chosen].values[0])
+    assert 0.0 <= best_run.data.metrics["test_accuracy"] <= 1.0 and "test accuracy" in out
+    assert client.get_latest_versions("mnist-tiny")[0].run_id == best_run.info.run_id
+    assert (cli.store / "models" / "tiny.keras").is_file()
+
+    code, _, err = cli("best", "--max-train-seconds", "0.000001")
+    assert code == 2 and "no trial trained within" in err
+
+
+def test_predict_classifies_images_it_drew(cli, tmp_path, splits):
+    import numpy as np
+    from PIL import Image
+
+    from mnist_core.model import MLPConfig
+    from mnist_core.trainer import TrainConfig, train
+    from tests.synthetic import _shape
+
+    result = train(TrainConfig(MLPConfig(depth=2, width=64), epochs=15, batch_size=32), splits, keep_model=True)
+    model_path = tmp_path / "model.keras"
+    result.model.save(model_path)
+    images, expected = [], []
+    for label in (1, 2, 5, 7, 0):
+        drawing = np.kron(_shape(label), np.ones((6, 5)))  # 120 x 100, not 28 x 28
+        for light_on_dark in (True, False):
+            pixels = drawing if light_on_dark else 1 - drawing
+            path = tmp_path / f"digit{label}-{'dark' if light_on_dark else 'light'}.png"
+            Image.fromarray((pixels * 255).astype(np.uint8)).save(path)
+            images.append(str(path))
+            expected.append(label)
+    code, out, err = cli("predict", "--model", str(model_path), *images, data=False, study=None)
+    assert code == 0, err
+    predicted = [int(line.split(": ")[1].split()[0]) for line in out.strip().splitlines()]
+    assert predicted == expected
+
+
+def test_study_is_readable_by_optunas_own_cli(cli):
+    assert cli("run", "--trials", "2")[0] == 0
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "optuna"), "best-trials", "--storage", str(cli.store / "optuna.journal"),
+         "--storage-class", "JournalFileBackend", "--study-name", "tiny", "-f", "json"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)) >= 1
+
+
+def test_ui_starts_mlflow_on_the_store(cli, monkeypatch):
+    calls = []
+    monkeypatch.setattr(subprocess, "call", lambda argv: calls.append(argv) or 0)
+    code, out, _ = cli("ui", "--port", "5123", data=False, study=None)
+    assert code == 0
+    assert calls[0][1:4] == ["-m", "mlflow", "ui"] and default_tracking_uri(cli.store) in calls[0]
+    assert "5123" in calls[0]

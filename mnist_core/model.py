@@ -63,7 +63,7 @@ class MLPConfig:
 def param_count(config: MLPConfig) -> int:
     """Parameters of `build_mlp(config)` without building it (the cost model uses this)."""
     sizes = [math.prod(IMAGE_SHAPE), *config.widths, NUM_CLASSES]
-    dense = sum(n_in * n_out + n_out for n_in, n_out in zip(sizes, sizes[1:]))
+    dense = sum(n_in * n_out + n_out for n_in, n_out in zip(sizes, sizes[1:], strict=False))
     batch_norm = 4 * sum(config.widths) if config.batch_norm else 0
     return dense + batch_norm
 

@@ -112,7 +112,10 @@ def predict(model_path: Path, images: list[Path]) -> list[tuple[Path, int, float
     """(image, digit, probability) for each image, with the saved best model."""
     import keras
 
-    model = keras.saving.load_model(model_path)
     batch = np.stack([prepare_image(p) for p in images])
+    try:
+        model = keras.saving.load_model(model_path)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{model_path}: not a saved Keras model ({str(exc).splitlines()[0]})") from None
     probabilities = model.predict(scale_pixels(batch), verbose=0)
-    return [(p, int(np.argmax(row)), float(np.max(row))) for p, row in zip(images, probabilities)]
+    return [(p, int(np.argmax(row)), float(np.max(row))) for p, row in zip(images, probabilities, strict=True)]

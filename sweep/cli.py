@@ -79,6 +79,13 @@ def _tracking_uri(args: argparse.Namespace) -> str:
     return args.tracking_uri or default_tracking_uri(args.store)
 
 
+def _tracker(args: argparse.Namespace, study):
+    """The MLflow experiment of `study` in this store."""
+    from sweep.tracking import Tracker
+
+    return Tracker(_tracking_uri(args), study.study_name, args.store / "artifacts")
+
+
 def _prepare_store(store: Path) -> None:
     try:
         store.mkdir(parents=True, exist_ok=True)
@@ -104,18 +111,17 @@ def _open(args: argparse.Namespace, create: bool):
     return spec, study
 
 
+def _load_data(args: argparse.Namespace, spec: StudySpec):
+    return load_splits(resolve_source(args.data_dir), spec.validation_fraction, spec.split_seed)
+
+
 def _sweep_worker(args: argparse.Namespace, trials: int, deadline: float | None, worker: int) -> int:
-    """One worker process (or the only one): load data, then run trials until the study has enough."""
-    from sweep.tracking import Tracker
+    """One of several worker processes: open the shared study, load the data, run trials until enough."""
     from sweep.tuner import SweepContext, parent_run, run_trials
 
     spec, study = _open(args, create=True)
-    source = resolve_source(args.data_dir)
-    splits = load_splits(source, spec.validation_fraction, spec.split_seed)
-    tracker = Tracker(_tracking_uri(args), study.study_name, args.store / "artifacts")
-    context = SweepContext(spec, splits, tracker, parent_run(study, tracker, spec), deadline)
-    if args.workers == 1:
-        return run_trials(study, context, trials)
+    tracker = _tracker(args, study)
+    context = SweepContext(spec, _load_data(args, spec), tracker, parent_run(study, tracker, spec), deadline)
     return run_trials(study, context, trials, write=lambda line: print(f"[worker {worker}] {line}", flush=True), progress=False)
 
 
@@ -143,7 +149,7 @@ class Run(Command):
         parser.add_argument("--workers", type=POSITIVE_INT, default=1, help="worker processes sharing the study (default: 1)")
 
     def take_action(self, args):
-        from sweep import oracle, tracking, tuner
+        from sweep import oracle, tuner
 
         signal.signal(signal.SIGTERM, _interrupt)  # a polite kill closes runs like Ctrl-C does
         cores = os.cpu_count() or 1
@@ -153,17 +159,18 @@ class Run(Command):
         trials = args.trials or spec.trials
         timeout = args.timeout or spec.sweep_seconds
         deadline = time.time() + timeout if timeout else None
-        resolve_source(args.data_dir)  # a bad --data-dir fails here, before any worker starts
-        tracker = tracking.Tracker(_tracking_uri(args), study.study_name, args.store / "artifacts")
+        splits = _load_data(args, spec)  # missing or bad data fails here, before any run is opened
+        tracker = _tracker(args, study)
         parent = tuner.parent_run(study, tracker, spec)
         done = oracle.count_finished(study)
         print(f"study {study.study_name!r}: {done}/{trials} trials finished, per-trial budget {spec.trial_seconds:g} s"
               + (f", sweep budget {timeout:g} s" if timeout else ""), flush=True)
-        status = "KILLED"
+        status = "FAILED"
         try:
             if args.workers == 1:
-                done = _sweep_worker(args, trials, deadline, 0)
+                done = tuner.run_trials(study, tuner.SweepContext(spec, splits, tracker, parent, deadline), trials)
             else:
+                del splits  # each worker process loads its own copy
                 context = multiprocessing.get_context("spawn")
                 processes = [context.Process(target=_worker_main, args=(args, trials, deadline, i)) for i in range(args.workers)]
                 for process in processes:
@@ -172,10 +179,12 @@ class Run(Command):
                     process.join()
                 done = oracle.count_finished(study)
             status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            print(f"interrupted: run the same command again to resume study {study.study_name!r}", file=sys.stderr)
+            raise
         finally:
             tracker.end_run(parent, status)
-            if status == "KILLED":
-                print(f"interrupted: run the same command again to resume study {study.study_name!r}", file=sys.stderr)
         _write_report(args, study, tracker, quiet=True)
         print(f"{done}/{trials} trials finished. See `python -m sweep report` and `python -m sweep ui`.")
         return 0
@@ -215,10 +224,8 @@ class Report(Command):
         parser.add_argument("--out", type=Path, help="folder for trials.csv and tradeoff.png (default: STORE/reports)")
 
     def take_action(self, args):
-        from sweep.tracking import Tracker
-
         _, study = _open(args, create=False)
-        _write_report(args, study, Tracker(_tracking_uri(args), study.study_name, args.store / "artifacts"))
+        _write_report(args, study, _tracker(args, study))
         return 0
 
 
@@ -233,7 +240,6 @@ class Best(Command):
 
     def take_action(self, args):
         from sweep.best import log_best, retrain, select_trial
-        from sweep.tracking import Tracker
 
         spec, study = _open(args, create=False)
         trial = select_trial(study, args.max_train_seconds)
@@ -243,7 +249,7 @@ class Best(Command):
               f"seed {trial.user_attrs['seed']}", flush=True)
         result = retrain(spec, trial, splits)
         model_path = args.model or args.store / "models" / f"{study.study_name}.keras"
-        tracker = Tracker(_tracking_uri(args), study.study_name, args.store / "artifacts")
+        tracker = _tracker(args, study)
         test = log_best(tracker, _tracking_uri(args), study, trial, result, splits, source, model_path)
         print(f"trial {trial.number}: val accuracy {result.best_epoch.val_accuracy:.4f} "
               f"(sweep: {trial.user_attrs['best_val_accuracy']:.4f}), test accuracy {test['test_accuracy']:.4f}, "

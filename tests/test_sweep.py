@@ -300,3 +300,18 @@ def test_ui_starts_mlflow_on_the_store(cli, monkeypatch):
     assert code == 0
     assert calls[0][1:4] == ["-m", "mlflow", "ui"] and default_tracking_uri(cli.store) in calls[0]
     assert "5123" in calls[0]
+
+
+def test_two_worker_processes_share_one_study(cli):
+    code, _, err = cli("run", "--trials", "4", "--workers", "2")
+    assert code == 0, err
+    study = load(cli.store)
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) >= 4  # both workers may start a last trial at once (exact totals: a later issue)
+    numbers = [t.number for t in study.trials]
+    assert len(set(numbers)) == len(numbers)
+    _, all_runs = runs(cli.store)
+    by_id = {r.info.run_id: r for r in all_runs}
+    for trial in complete:
+        assert by_id[trial.user_attrs["mlflow_run_id"]].info.status == "FINISHED"
+    assert not [r for r in all_runs if r.info.status == "RUNNING"]

@@ -211,16 +211,26 @@ def test_nan_trials_fail_with_reason_and_the_sweep_stops_after_repeated_failures
     assert sorted(r.info.status for r in all_runs if "mlflow.parentRunId" in r.data.tags) == ["FAILED"] * len(trials)
 
 
-def test_single_objective_study_prunes(cli, study_file):
+def test_single_objective_study_prunes_a_weak_trial(cli, study_file):
     study_file.write_text(
         TINY.replace('objectives = ["val_accuracy", "train_seconds"]', 'objectives = ["val_accuracy"]\npruner = "median"')
         .replace("epochs = { low = 1, high = 2 }", "epochs = { low = 3, high = 4 }")
     )
-    # Median pruning needs 5 finished trials before it prunes; a strong first half makes later weak ones prunable.
-    assert cli("run", "--trials", "8")[0] == 0
+    from sweep.hypermodel import load_study
+    from sweep.oracle import open_storage, open_study
+
+    # Five strong trials set the median; a narrow net with the smallest learning rate falls below it.
+    study = open_study(load_study(study_file), open_storage(None, cli.store))
+    for _ in range(5):
+        study.enqueue_trial({"depth": 2, "width": 32, "epochs": 4, "learning_rate": 0.01})
+    study.enqueue_trial({"depth": 1, "width": 8, "epochs": 4, "learning_rate": 0.001})
+    assert cli("run", "--trials", "6")[0] == 0
     study = load(cli.store)
     assert study.directions == [optuna.study.StudyDirection.MAXIMIZE]
-    assert all(len(t.intermediate_values) >= 1 for t in study.trials)
+    *strong, weak = study.trials
+    assert all(t.state == TrialState.COMPLETE and len(t.intermediate_values) == 4 for t in strong)
+    assert weak.state == TrialState.PRUNED and weak.user_attrs["reason"].startswith("pruned by median pruner")
+    assert len(weak.intermediate_values) < 4
 
 
 def test_report_writes_table_csv_and_chart(cli):

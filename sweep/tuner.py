@@ -7,6 +7,7 @@ A trial stopped at its deadline or projected to overrun it is PRUNED, with its p
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -153,8 +154,14 @@ def describe(trial: FrozenTrial) -> str:
     return f"trial {trial.number:4d} {trial.state.name:8s} {score} {took}  {params}{reason}"
 
 
+def print_line(line: str) -> None:
+    """One line above the progress bar, flushed: logs redirected to a file show each trial as it ends."""
+    tqdm.write(line)
+    sys.stdout.flush()
+
+
 def run_trials(
-    study: optuna.Study, ctx: SweepContext, trials: int, write: Callable[[str], None] = tqdm.write, progress: bool = True
+    study: optuna.Study, ctx: SweepContext, trials: int, write: Callable[[str], None] = print_line, progress: bool = True
 ) -> int:
     """Run trials until `trials` have finished in the study (all workers together) or time is up."""
     done = count_finished(study)

@@ -259,7 +259,8 @@ def test_best_retrains_tests_and_registers_the_model(cli):
     # Same seed, same epochs: the retrained model matches the trial's validation accuracy.
     assert best_run.data.metrics["best_val_accuracy"] == pytest.approx(study.trials[chosen].values[0])
     assert 0.0 <= best_run.data.metrics["test_accuracy"] <= 1.0 and "test accuracy" in out
-    assert client.get_latest_versions("mnist-tiny")[0].run_id == best_run.info.run_id
+    (version,) = client.search_model_versions("name='mnist-tiny'")
+    assert version.run_id == best_run.info.run_id
     assert (cli.store / "models" / "tiny.keras").is_file()
 
     code, _, err = cli("best", "--max-train-seconds", "0.000001")

@@ -15,27 +15,34 @@ from pathlib import Path
 import keras
 import optuna
 
-from mnist_core.data import load_splits, resolve_source
+from mnist_core.data import Source, load_splits, resolve_source
 from mnist_core.evaluate import evaluate_test
-from mnist_core.trainer import Budget, train
+from mnist_core.trainer import Budget, TrainResult, train
 from sweep.hypermodel import load_study
 
 RESULTS = Path(__file__).parent / "results"
+SEED_STUDY = Path(__file__).resolve().parents[1] / "studies" / "seed.toml"
+
+
+def train_seed(source: Source, study: Path = SEED_STUDY) -> tuple[TrainResult, dict[str, float]]:
+    """The seed study's model trained on `source` (model kept), and its figures on the test set."""
+    spec = load_study(study)
+    splits = load_splits(source, spec.validation_fraction, spec.split_seed)
+    config = spec.config_for(optuna.trial.FixedTrial({}), seed=spec.seed)
+    print(f"training {config} on {len(splits.train)} examples", flush=True)
+    result = train(config, splits, Budget(spec.trial_seconds), keep_model=True, verbose=2)
+    return result, evaluate_test(result.model, source)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data-dir", required=True, help="folder with the four MNIST IDX files")
-    parser.add_argument("--study", default="studies/seed.toml")
+    parser.add_argument("--study", type=Path, default=SEED_STUDY)
     args = parser.parse_args()
 
-    spec = load_study(args.study)
     source = resolve_source(args.data_dir)
-    splits = load_splits(source, spec.validation_fraction, spec.split_seed)
-    config = spec.config_for(optuna.trial.FixedTrial({}), seed=spec.seed)
-    print(f"training {config} on {len(splits.train)} examples", flush=True)
-    result = train(config, splits, Budget(spec.trial_seconds), keep_model=True, verbose=2)
-    test = evaluate_test(result.model, source)
+    result, test = train_seed(source, args.study)
+    config = result.config
     figures = {
         "command": "python " + " ".join(sys.argv),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),

@@ -18,11 +18,10 @@ import time
 from pathlib import Path
 
 import keras
-import optuna
 
 from mnist_core.data import load_splits, resolve_source
 from mnist_core.evaluate import evaluate_test
-from mnist_core.trainer import Budget, train
+from seed import train_seed  # bench/seed.py: this script's folder is on sys.path
 from sweep.best import retrain
 from sweep.cli import main as sweep_main
 from sweep.hypermodel import load_study
@@ -52,12 +51,7 @@ def main() -> None:
     started = time.time()
 
     source = resolve_source(args.data_dir)
-    seed_spec = load_study(ROOT / "studies" / "seed.toml")
-    splits = load_splits(source, seed_spec.validation_fraction, seed_spec.split_seed)
-    seed_config = seed_spec.config_for(optuna.trial.FixedTrial({}), seed=seed_spec.seed)
-    print(f"seed model: {seed_config}", flush=True)
-    seed = train(seed_config, splits, Budget(seed_spec.trial_seconds), keep_model=True, verbose=2)
-    seed_test = evaluate_test(seed.model, source)
+    seed, seed_test = train_seed(source)
     seed.model = None
     keras.backend.clear_session()
     limit = seed.seconds / SPEEDUP
@@ -72,6 +66,7 @@ def main() -> None:
         sys.exit(f"sweep failed with exit code {code}")
 
     spec = load_study(spec_path)
+    splits = load_splits(source, spec.validation_fraction, spec.split_seed)
     study = load_existing(open_storage(None, store), spec.name)
     frame = trials_frame(study)
     front = frame[frame["pareto"]].sort_values("train_seconds")

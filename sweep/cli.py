@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from mnist_core.data import DataError, load_splits, resolve_source
+from mnist_core.data import DataError, Source, Splits, load_splits, resolve_source
 from sweep.hypermodel import StudyFileError, StudySpec, load_study
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -111,8 +111,10 @@ def _open(args: argparse.Namespace, create: bool):
     return spec, study
 
 
-def _load_data(args: argparse.Namespace, spec: StudySpec):
-    return load_splits(resolve_source(args.data_dir), spec.validation_fraction, spec.split_seed)
+def _load_data(args: argparse.Namespace, spec: StudySpec) -> tuple[Source, Splits]:
+    """The data source of `--data-dir` and the study's train/validation split of it."""
+    source = resolve_source(args.data_dir)
+    return source, load_splits(source, spec.validation_fraction, spec.split_seed)
 
 
 def _sweep_worker(args: argparse.Namespace, trials: int, deadline: float | None, worker: int) -> int:
@@ -121,7 +123,7 @@ def _sweep_worker(args: argparse.Namespace, trials: int, deadline: float | None,
 
     spec, study = _open(args, create=True)
     tracker = _tracker(args, study)
-    context = SweepContext(spec, _load_data(args, spec), tracker, parent_run(study, tracker, spec), deadline)
+    context = SweepContext(spec, _load_data(args, spec)[1], tracker, parent_run(study, tracker, spec), deadline)
     return run_trials(study, context, trials, write=lambda line: print(f"[worker {worker}] {line}", flush=True), progress=False)
 
 
@@ -159,7 +161,7 @@ class Run(Command):
         trials = args.trials or spec.trials
         timeout = args.timeout or spec.sweep_seconds
         deadline = time.time() + timeout if timeout else None
-        splits = _load_data(args, spec)  # missing or bad data fails here, before any run is opened
+        _, splits = _load_data(args, spec)  # missing or bad data fails here, before any run is opened
         tracker = _tracker(args, study)
         parent = tuner.parent_run(study, tracker, spec)
         done = oracle.count_finished(study)
@@ -243,8 +245,7 @@ class Best(Command):
 
         spec, study = _open(args, create=False)
         trial = select_trial(study, args.max_train_seconds)
-        source = resolve_source(args.data_dir)
-        splits = load_splits(source, spec.validation_fraction, spec.split_seed)
+        source, splits = _load_data(args, spec)
         print(f"retraining trial {trial.number} ({trial.params}) for {trial.user_attrs['best_epoch']} epoch(s), "
               f"seed {trial.user_attrs['seed']}", flush=True)
         result = retrain(spec, trial, splits)

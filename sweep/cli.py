@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import math
 import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -87,12 +89,15 @@ def _tracker(args: argparse.Namespace, study):
 
 
 def _prepare_store(store: Path) -> None:
+    """Fail before any work if the store cannot be written (a real write: root ignores permission bits)."""
     try:
         store.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=store) as probe:
+            probe.write(b"\0" * 4096)
+            probe.flush()
+            os.fsync(probe.fileno())
     except OSError as exc:
-        raise CommandError(f"cannot create store {store}: {exc.strerror}") from None
-    if not os.access(store, os.W_OK):
-        raise CommandError(f"store {store} is not writable; fix its permissions or pass --store DIR")
+        raise CommandError(f"store {store} is not writable ({exc.strerror}); free space, fix its permissions or pass --store DIR") from None
 
 
 def _open(args: argparse.Namespace, create: bool):
@@ -105,9 +110,10 @@ def _open(args: argparse.Namespace, create: bool):
     _prepare_store(args.store)
     storage = oracle.open_storage(args.storage, args.store)
     name = args.name or spec.name
-    study = oracle.open_study(spec, storage, name) if create else oracle.load_existing(storage, name)
-    if not create:
-        oracle.check_matches(study, spec)
+    if create:
+        return spec, oracle.open_study(spec, storage, name)
+    study = oracle.load_existing(storage, name)
+    oracle.check_matches(study, spec)
     return spec, study
 
 
@@ -127,16 +133,49 @@ def _sweep_worker(args: argparse.Namespace, trials: int, deadline: float | None,
     return run_trials(study, context, trials, write=lambda line: print(f"[worker {worker}] {line}", flush=True), progress=False)
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def _worker_main(args: argparse.Namespace, trials: int, deadline: float | None, worker: int) -> None:
-    signal.signal(signal.SIGTERM, _interrupt)
+    from sweep.tuner import interruptible
+
     try:
-        _sweep_worker(args, trials, deadline, worker)
+        with interruptible():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which sends SIGTERM
+            _sweep_worker(args, trials, deadline, worker)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def _supervise(args: argparse.Namespace, study, trials: int, deadline: float | None) -> int:
+    """Run `--workers` processes; one killed by a signal (out of memory, kill -9) is replaced while work is left."""
+    from sweep import oracle
+
+    context = multiprocessing.get_context("spawn")
+    workers: dict[int, multiprocessing.Process] = {}
+    replacements = trials  # a bound, in case every worker dies at start
+
+    def start(number: int) -> None:
+        workers[number] = context.Process(target=_worker_main, args=(args, trials, deadline, number))
+        workers[number].start()
+
+    for number in range(args.workers):
+        start(number)
+    try:
+        while workers:
+            for number, process in list(workers.items()):
+                process.join(timeout=0.5)
+                if process.exitcode is None:
+                    continue
+                del workers[number]
+                work_left = oracle.count_finished(study) < trials and (deadline is None or time.time() < deadline)
+                if process.exitcode < 0 and work_left and replacements > 0:
+                    replacements -= 1
+                    print(f"[worker {number}] killed by {signal.Signals(-process.exitcode).name}; starting a new worker", flush=True)
+                    start(number)
+    finally:  # interrupted: each worker closes its trial and runs on SIGTERM
+        for process in workers.values():
+            process.terminate()
+        for process in workers.values():
+            process.join()
+    return oracle.count_finished(study)
 
 
 class Run(Command):
@@ -151,12 +190,17 @@ class Run(Command):
         parser.add_argument("--workers", type=POSITIVE_INT, default=1, help="worker processes sharing the study (default: 1)")
 
     def take_action(self, args):
-        from sweep import oracle, tuner
+        from sweep.tuner import interruptible
 
-        signal.signal(signal.SIGTERM, _interrupt)  # a polite kill closes runs like Ctrl-C does
         cores = os.cpu_count() or 1
         if args.workers > cores:
             raise CommandError(f"--workers {args.workers} exceeds the {cores} CPU cores here; use --workers {cores} or fewer")
+        with interruptible():
+            return self._sweep(args)
+
+    def _sweep(self, args: argparse.Namespace) -> int:
+        from sweep import oracle, tuner
+
         spec, study = _open(args, create=True)
         trials = args.trials or spec.trials
         timeout = args.timeout or spec.sweep_seconds
@@ -173,13 +217,7 @@ class Run(Command):
                 done = tuner.run_trials(study, tuner.SweepContext(spec, splits, tracker, parent, deadline), trials)
             else:
                 del splits  # each worker process loads its own copy
-                context = multiprocessing.get_context("spawn")
-                processes = [context.Process(target=_worker_main, args=(args, trials, deadline, i)) for i in range(args.workers)]
-                for process in processes:
-                    process.start()
-                for process in processes:
-                    process.join()
-                done = oracle.count_finished(study)
+                done = _supervise(args, study, trials, deadline)
             status = "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
@@ -300,6 +338,22 @@ class Ui(Command):
         return subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--port", str(args.port)])
 
 
+STORE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+STORE_MESSAGES = ("database or disk is full", "readonly database", "disk I/O error")
+
+
+def store_failure(exc: BaseException) -> str | None:
+    """Why writing the store failed mid-run (disk full, read-only, no permission), else None."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in STORE_ERRNOS:
+            return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+        found = next((m for m in STORE_MESSAGES if m in str(exc)), None)
+        if found:
+            return found
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 COMMANDS: dict[str, type[Command]] = {"run": Run, "report": Report, "best": Best, "predict": Predict, "ui": Ui}
 USER_ERRORS = (CommandError, StudyFileError, DataError)
 
@@ -334,3 +388,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        reason = store_failure(exc)
+        if reason is None:
+            raise
+        print(f"sweep: error: cannot write the store ({reason}); finished trials are kept: free space or fix "
+              "permissions, then run the same command to resume", file=sys.stderr)
+        return 2

@@ -6,7 +6,9 @@ The client API (no fluent active-run state) keeps this safe in several processes
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import functools
 import importlib.metadata
 import logging
@@ -33,6 +35,17 @@ for _noisy in ("alembic", "mlflow"):
 
 def default_tracking_uri(store: Path) -> str:
     return f"sqlite:///{(store / 'mlflow.db').resolve()}"
+
+
+@contextlib.contextmanager
+def _schema_lock(tracking_uri: str):
+    """Serialise MLflow's first use of a SQLite file: processes starting together would each migrate it."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    with open(tracking_uri.removeprefix("sqlite:///") + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 @functools.cache
@@ -80,10 +93,13 @@ class Tracker:
     """One study's MLflow experiment."""
 
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path):
-        self.client = MlflowClient(tracking_uri)
-        found = self.client.get_experiment_by_name(experiment)
+        """Artifacts go under `artifact_root` for a local store; a tracking server keeps its own."""
+        with _schema_lock(tracking_uri):
+            self.client = MlflowClient(tracking_uri)
+            found = self.client.get_experiment_by_name(experiment)
         if found is None:
-            location = (artifact_root / experiment).resolve().as_uri()
+            local = tracking_uri.startswith(("sqlite:", "file:", "/"))
+            location = (artifact_root / experiment).resolve().as_uri() if local else None
             try:
                 self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
             except MlflowException:  # another worker created it first

@@ -7,13 +7,16 @@ A trial stopped at its deadline or projected to overrun it is PRUNED, with its p
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import optuna
-from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
@@ -21,11 +24,42 @@ from mnist_core.data import Splits
 from mnist_core.model import param_count
 from mnist_core.trainer import OVERRUN_FACTOR, Budget, EpochStats, TrainResult, train
 from sweep.hypermodel import StudySpec
-from sweep.oracle import FINISHED, count_finished
+from sweep.oracle import FINISHED, Heartbeat, count_busy, count_finished, fail_stale, own, release, stale_reason
 from sweep.tracking import PARENT_ATTR, Tracker, config_params, manifest
 
 # Stop a sweep whose last trials all failed: something is wrong beyond one configuration.
 MAX_CONSECUTIVE_FAILURES = 5
+# How often a worker with no free slot looks again (another worker's trial may fail and free one).
+POLL_SECONDS = 2.0
+# How long a worker that opened a new study's parent MLflow run waits to see if another one did too.
+PARENT_SETTLE_SECONDS = 0.5
+
+
+# Set by Ctrl-C or SIGTERM. The KeyboardInterrupt raised with it can be swallowed when the signal lands
+# in a finalizer ("Exception ignored in ..."), so trials check the flag too, at each epoch.
+STOP = threading.Event()
+
+
+def _stop(signum, frame) -> None:
+    STOP.set()
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Ctrl-C and SIGTERM stop the sweep: the trial in progress is closed FAIL and its run FAILED."""
+    STOP.clear()
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def check_stop() -> None:
+    if STOP.is_set():
+        raise KeyboardInterrupt
 
 
 class TrialFailed(Exception):
@@ -75,22 +109,19 @@ def estimate_seconds(param_count: int, examples: int, epochs: int, rate: float |
 
 
 def objective(ctx: SweepContext, trial: optuna.Trial) -> float | list[float]:
-    spec = ctx.spec
-    seed = spec.seed + trial.number
-    config = spec.config_for(trial, seed)
+    """Open the trial's MLflow run, train, and close the run with the status its trial ends in."""
+    seed = ctx.spec.seed + trial.number
+    own(trial)
     trial.set_user_attr("seed", seed)
     run_id = ctx.tracker.start_run(
         f"trial-{trial.number}", ctx.parent_run_id, {"optuna.trial_number": str(trial.number), "optuna.study": trial.study.study_name}
     )
     trial.set_user_attr("mlflow_run_id", run_id)
-    ctx.tracker.log_params(run_id, config_params(config))
-    ctx.tracker.log_dict(
-        run_id,
-        manifest(seed, ctx.splits.source, ctx.splits.checksum, study_file=str(spec.path), trial_number=trial.number),
-        "manifest.json",
-    )
+    closed = False
 
     def close(state: TrialState, reason: str | None, metrics: dict[str, float | None]) -> None:
+        nonlocal closed
+        closed = True
         for key, value in metrics.items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("reason", reason)
@@ -99,6 +130,28 @@ def objective(ctx: SweepContext, trial: optuna.Trial) -> float | list[float]:
         status = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED"}.get(state, "FAILED")
         ctx.tracker.end_run(run_id, status)
 
+    try:
+        return _fit(ctx, trial, seed, run_id, close)
+    except BaseException as exc:  # Ctrl-C, SIGTERM, a tracking error: never leave the MLflow run RUNNING
+        if not closed:
+            close(TrialState.FAIL, "interrupted" if isinstance(exc, KeyboardInterrupt) else _reason(exc), {})
+        raise
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def _fit(ctx: SweepContext, trial: optuna.Trial, seed: int, run_id: str, close: Callable) -> float | list[float]:
+    """Train the trial's config within its budget; close its run as COMPLETE, PRUNED or FAIL."""
+    spec = ctx.spec
+    config = spec.config_for(trial, seed)
+    ctx.tracker.log_params(run_id, config_params(config))
+    ctx.tracker.log_dict(
+        run_id,
+        manifest(seed, ctx.splits.source, ctx.splits.checksum, study_file=str(spec.path), trial_number=trial.number),
+        "manifest.json",
+    )
     seconds = spec.trial_seconds
     if ctx.deadline is not None:
         seconds = min(seconds, ctx.deadline - time.time())
@@ -114,6 +167,7 @@ def objective(ctx: SweepContext, trial: optuna.Trial) -> float | list[float]:
         raise optuna.TrialPruned(reason)
 
     def on_epoch(stats: EpochStats) -> str | None:
+        check_stop()
         ctx.tracker.log_epoch(run_id, stats)
         if spec.multi_objective or spec.objectives[0] == "train_seconds":
             return None
@@ -121,14 +175,12 @@ def objective(ctx: SweepContext, trial: optuna.Trial) -> float | list[float]:
         return f"pruned by {spec.pruner} pruner at epoch {stats.epoch}" if trial.should_prune() else None
 
     try:
-        result = train(config, ctx.splits, Budget(seconds), on_epoch=on_epoch)
+        with Heartbeat(trial):
+            result = train(config, ctx.splits, Budget(seconds), on_epoch=on_epoch)
     except Exception as exc:  # out of memory and other failures inside one trial
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        reason = _reason(exc)
         close(TrialState.FAIL, reason, {"param_count": n_params})
         raise TrialFailed(reason) from exc
-    except BaseException:  # Ctrl-C, SIGTERM: never leave the MLflow run RUNNING
-        close(TrialState.FAIL, "interrupted", {"param_count": n_params})
-        raise
 
     metrics = summary_metrics(result)
     if result.outcome == "failed":
@@ -160,45 +212,83 @@ def print_line(line: str) -> None:
     sys.stdout.flush()
 
 
+def recover(study: optuna.Study, tracker: Tracker, write: Callable[[str], None]) -> None:
+    """Close the trials of workers that died (kill -9, out of memory, a lost machine); each config is retried once."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        reason = stale_reason(trial)
+        if reason is None or not fail_stale(study, trial, reason):
+            continue
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            tracker.set_tags(run_id, {"optuna.state": TrialState.FAIL.name, "reason": reason})
+            tracker.end_run(run_id, "FAILED")
+        retried = "its configuration is queued again" if trial.params and "retry_of" not in trial.user_attrs else "not retried again"
+        write(f"trial {trial.number:4d} FAIL     ({reason}; {retried})")
+
+
+def run_one(study: optuna.Study, ctx: SweepContext, trial: optuna.Trial) -> FrozenTrial:
+    """Train one asked trial and tell Optuna how it ended; Ctrl-C and SIGTERM leave it FAIL, never RUNNING."""
+    try:
+        value = objective(ctx, trial)
+    except optuna.TrialPruned:
+        return study.tell(trial, state=TrialState.PRUNED)
+    except TrialFailed:
+        return study.tell(trial, state=TrialState.FAIL)
+    except BaseException:
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    finally:
+        gc.collect()
+    return study.tell(trial, value)
+
+
 def run_trials(
     study: optuna.Study, ctx: SweepContext, trials: int, write: Callable[[str], None] = print_line, progress: bool = True
 ) -> int:
-    """Run trials until `trials` have finished in the study (all workers together) or time is up."""
-    done = count_finished(study)
-    if done >= trials:
-        return done
-    failures = 0
-    with tqdm(total=trials, initial=done, desc=study.study_name, unit="trial", dynamic_ncols=True, disable=not progress) as bar:
+    """Run trials until exactly `trials` have finished in the study (all workers together) or time is up.
 
-        def report(study: optuna.Study, trial: FrozenTrial) -> None:
-            nonlocal failures
-            write(describe(trial))
+    A trial starts only while finished + running trials fall short of `trials`, so parallel workers
+    never overshoot; a worker with no free slot waits, since a running trial may still fail.
+    """
+    failures = 0
+    with tqdm(total=trials, initial=count_finished(study), desc=study.study_name, unit="trial", dynamic_ncols=True, disable=not progress) as bar:
+        while True:
+            check_stop()
+            recover(study, ctx.tracker, write)
             bar.n = count_finished(study)
             bar.refresh()
-            failures = failures + 1 if trial.state == TrialState.FAIL else 0
+            if bar.n >= trials or (ctx.deadline is not None and time.time() >= ctx.deadline):
+                break
             if failures >= MAX_CONSECUTIVE_FAILURES:
                 write(f"stopping: the last {failures} trials failed; see their reasons above")
-                study.stop()
-
-        timeout = None if ctx.deadline is None else max(ctx.deadline - time.time(), 0)
-        study.optimize(
-            lambda trial: objective(ctx, trial),
-            timeout=timeout,
-            catch=(TrialFailed,),
-            callbacks=[MaxTrialsCallback(trials, states=FINISHED), report],
-            gc_after_trial=True,
-        )
+                break
+            if count_busy(study) >= trials:
+                time.sleep(POLL_SECONDS)
+                continue
+            trial = study.ask()
+            if count_busy(study, before=trial.number) >= trials:  # another worker took the last slot first
+                release(study, trial)
+                time.sleep(POLL_SECONDS)
+                continue
+            frozen = run_one(study, ctx, trial)
+            write(describe(frozen))
+            failures = failures + 1 if frozen.state == TrialState.FAIL else 0
     return count_finished(study)
 
 
 def parent_run(study: optuna.Study, tracker: Tracker, spec: StudySpec) -> str:
-    """The study's parent MLflow run: created on the first sweep, reopened when it resumes."""
+    """The study's parent MLflow run: created by its first sweep, reopened by later ones and other workers."""
     run_id = study.user_attrs.get(PARENT_ATTR)
     if run_id:
         tracker.resume_run(run_id)
         return run_id
-    run_id = tracker.start_run(f"sweep-{study.study_name}", tags={"optuna.study": study.study_name})
-    study.set_user_attr(PARENT_ATTR, run_id)
+    mine = tracker.start_run(f"sweep-{study.study_name}", tags={"optuna.study": study.study_name})
+    study.set_user_attr(PARENT_ATTR, mine)
+    time.sleep(PARENT_SETTLE_SECONDS)  # workers starting together each wrote one: the last write holds for all
+    run_id = study.user_attrs[PARENT_ATTR]
+    if run_id != mine:
+        tracker.client.delete_run(mine)
+        return run_id
     tracker.log_params(
         run_id,
         {
@@ -211,4 +301,3 @@ def parent_run(study: optuna.Study, tracker: Tracker, spec: StudySpec) -> str:
         },
     )
     return run_id
-

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
 
 from mnist_core.data import load_splits, resolve_source
+from sweep.cli import main
+from tests.stores import TINY
 from tests.synthetic import write_idx_dir
 
 
@@ -27,3 +30,27 @@ def splits(idx_dir):
 def _no_ambient_data_dir(monkeypatch):
     """A developer's own MNIST_DATA_DIR must not leak into tests."""
     monkeypatch.delenv("MNIST_DATA_DIR", raising=False)
+
+
+@pytest.fixture
+def study_file(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    return path
+
+
+@pytest.fixture
+def cli(tmp_path, idx_dir, study_file, capsys):
+    """Run `python -m sweep COMMAND ...` in-process against `run.store`; returns (code, out, err)."""
+
+    def run(command: str, *args: str, data: bool = True, study: Path | None = study_file):
+        argv = [command]
+        if study is not None:
+            argv += ["--study", str(study)]
+        argv += ["--store", str(run.store), *(["--data-dir", str(idx_dir)] if data else []), *args]
+        code = main(argv)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    run.store = tmp_path / "store"
+    return run

@@ -1,0 +1,46 @@
+"""Outgrowing one machine: two workers share one study through PostgreSQL and an MLflow tracking server.
+
+The services run on 127.0.0.1; `.ci/services start` sets them up and prints the variables this test reads.
+Each worker has its own local store, as it would on its own machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from sweep.oracle import FINISHED
+from tests.stores import check_consistent, sweep_process
+
+POSTGRES = os.environ.get("SWEEP_TEST_POSTGRES_URL")
+MLFLOW = os.environ.get("SWEEP_TEST_MLFLOW_URI")
+
+pytestmark = pytest.mark.skipif(
+    not (POSTGRES and MLFLOW), reason='needs PostgreSQL and an MLflow server: eval "$(.ci/services start)"'
+)
+
+
+def test_two_workers_finish_one_study_through_postgresql_and_an_mlflow_server(tmp_path, idx_dir, study_file):
+    name = f"tiny-{uuid.uuid4().hex[:8]}"
+    shared = ["--study", study_file, "--name", name, "--storage", POSTGRES, "--tracking-uri", MLFLOW, "--data-dir", idx_dir]
+    workers = [sweep_process("run", *shared, "--trials", "4", "--store", tmp_path / f"machine-{i}") for i in range(2)]
+    for worker in workers:
+        out, _ = worker.communicate(timeout=600)
+        assert worker.returncode == 0, out
+
+    study = optuna.load_study(study_name=name, storage=POSTGRES)
+    client = MlflowClient(MLFLOW)
+    experiment = client.get_experiment_by_name(name)
+    all_runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    check_consistent(study, all_runs, finished=4)
+    assert len({t.user_attrs["pid"] for t in study.get_trials(states=FINISHED)}) == 2  # both workers trained
+    trial = study.get_trials(states=FINISHED)[0]
+    manifest = json.loads(Path(client.download_artifacts(trial.user_attrs["mlflow_run_id"], "manifest.json")).read_text())
+    assert manifest["seed"] == trial.user_attrs["seed"]  # artifacts went through the server, not a local folder
+    assert not any((tmp_path / f"machine-{i}" / "artifacts").exists() for i in range(2))

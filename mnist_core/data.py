@@ -229,12 +229,19 @@ def scale_pixels(images):
 
 
 def make_dataset(arrays: Arrays, batch_size: int, shuffle_seed: int | None = None):
-    """A tf.data pipeline: scale once, cache, reshuffle each epoch (if seeded), batch, prefetch."""
+    """A tf.data pipeline: reshuffle each epoch (if seeded), batch, scale each batch, prefetch.
+
+    Autotuning is off: its background thread sleeps for periods that double up to seconds, and each
+    epoch's iterator waits for it to wake before it can close (stalls of up to ~5 s per epoch measured
+    here, see bench/results/README.md). The in-memory arrays need no tuning: shuffling uint8 rows and
+    scaling whole batches keeps the per-example work to a copy.
+    """
     import tensorflow as tf
 
     dataset = tf.data.Dataset.from_tensor_slices((arrays.images, arrays.labels))
-    dataset = dataset.map(lambda x, y: (scale_pixels(x), y), num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.cache()
     if shuffle_seed is not None:
         dataset = dataset.shuffle(len(arrays), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.batch(batch_size).map(lambda x, y: (scale_pixels(x), y)).prefetch(2)
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)

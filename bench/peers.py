@@ -118,12 +118,6 @@ def run_kerastuner(data_dir: str, seconds: float, work: Path) -> dict:
     deadline = start + seconds
     points: list = []
 
-    class Oracle(kt.oracles.HyperbandOracle):
-        def create_trial(self, tuner_id):
-            if time.time() >= deadline:
-                return kt.engine.trial.Trial(self.get_space(), status=kt.engine.trial.TrialStatus.STOPPED)
-            return super().create_trial(tuner_id)
-
     class HyperModel(kt.HyperModel):
         def build(self, hp):
             return build_mlp(MLPConfig(
@@ -134,8 +128,19 @@ def run_kerastuner(data_dir: str, seconds: float, work: Path) -> dict:
         def fit(self, hp, model, *args, **kwargs):
             return model.fit(*args, batch_size=hp.Choice("batch_size", [64, 128, 256, 512]), **kwargs)
 
-    oracle = Oracle(objective="val_accuracy", max_epochs=10, factor=3, seed=0)
-    tuner = kt.Tuner(oracle=oracle, hypermodel=HyperModel(), directory=str(work), project_name="hyperband", overwrite=True)
+    # The Hyperband tuner, not the bare Tuner: only it trains each trial for its bracket's epochs and
+    # resumes promoted trials from their checkpoints. Iterations repeat until the budget is spent;
+    # then no new trial starts.
+    tuner = kt.Hyperband(HyperModel(), objective="val_accuracy", max_epochs=10, factor=3, hyperband_iterations=1000, seed=0,
+                         directory=str(work), project_name="hyperband", overwrite=True)
+    create_trial = tuner.oracle.create_trial
+
+    def create_trial_until_deadline(tuner_id):
+        if time.time() >= deadline:
+            return kt.engine.trial.Trial(tuner.oracle.get_space(), status=kt.engine.trial.TrialStatus.STOPPED)
+        return create_trial(tuner_id)
+
+    tuner.oracle.create_trial = create_trial_until_deadline
     tuner.search(x, y, validation_data=(xv, yv), callbacks=[curve_callback(start, deadline, points)], verbose=0)
     used = time.time() - start
     finished = [t for t in tuner.oracle.trials.values() if t.status == "COMPLETED"]
@@ -177,9 +182,15 @@ def run_optuna(data_dir: str, seconds: float, work: Path) -> dict:
 
 
 def _summary(points: list, used: float, trials: int, params: dict, val: float, test: float) -> dict:
-    reached = sorted(t for t, v in points if v >= TARGET)
+    """The figures of one method; `curve` is its best validation accuracy so far, at each improvement."""
+    curve, best = [], 0.0
+    for seconds, accuracy in sorted(points):
+        if accuracy > best:
+            best = accuracy
+            curve.append((seconds, accuracy))
+    reached = [t for t, v in curve if v >= TARGET]
     return {"seconds_used": used, "trials_finished": trials, "best_val_accuracy": val,
-            "seconds_to_98": reached[0] if reached else None, "winner": params, "winner_test_accuracy": test}
+            "seconds_to_98": reached[0] if reached else None, "winner": params, "winner_test_accuracy": test, "curve": curve}
 
 
 def one(method: str, data_dir: str, minutes: float, out: Path) -> None:
@@ -192,21 +203,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--minutes", type=float, default=15)
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                        help="methods to (re)run; the others keep their figures from bench/results/peers.json")
     parser.add_argument("--method", choices=METHODS, help="(internal) run one method in this process")
     parser.add_argument("--out", type=Path, help="(internal) where --method writes its JSON")
     args = parser.parse_args()
     if args.method:
         return one(args.method, args.data_dir, args.minutes, args.out)
     command = f"python bench/peers.py --data-dir {args.data_dir} --minutes {args.minutes:g}"
-    results = {}
-    for method in METHODS:
+    saved = RESULTS / "peers.json"
+    results = json.loads(saved.read_text())["results"] if saved.exists() and len(args.methods) < len(METHODS) else {}
+    for method in args.methods:
         out = Path(tempfile.mktemp(suffix=".json"))
         print(f"{method}: {args.minutes:g} minutes ...", flush=True)
         subprocess.run([sys.executable, __file__, "--data-dir", args.data_dir, "--minutes", str(args.minutes),
                         "--method", method, "--out", str(out)], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        results[method] = json.loads(out.read_text())
+        results[method] = json.loads(out.read_text()) | {"command": f"{command} --methods {method}", "date": time.strftime("%Y-%m-%d %H:%M %Z")}
         print(method, results[method], flush=True)
-    write(results, command, args.minutes)
+    write({m: results[m] for m in METHODS if m in results}, command, args.minutes)
 
 
 def write(results: dict, command: str, minutes: float) -> None:
@@ -226,8 +240,35 @@ def write(results: dict, command: str, minutes: float) -> None:
         winner = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["winner"].items())
         lines.append(f"| {names[method]} | {r['best_val_accuracy']:.4f} | {reached} | {r['trials_finished']} | "
                      f"{r['seconds_used']:.0f} s | {winner} | {r['winner_test_accuracy']:.4f} |")
+    lines += ["", "Each row was measured by:"]
+    lines += [f"- {names[m]}: `{r.get('command', command)}`, {r.get('date', 'in the first full run')}" for m, r in results.items()]
+    chart = plot_curves(results, names, minutes)
+    lines += ["", f"![best validation accuracy so far]({chart.name})", ""]
     (RESULTS / "peers.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def plot_curves(results: dict, names: dict, minutes: float) -> Path:
+    """Best validation accuracy so far against wall-clock, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 4.5))
+    for method, r in results.items():
+        if r["curve"]:
+            seconds, accuracy = zip(*r["curve"])
+            axes.step([s / 60 for s in seconds] + [minutes], list(accuracy) + [accuracy[-1]], where="post", label=names[method])
+    axes.axhline(TARGET, color="grey", linestyle=":", linewidth=1)
+    axes.set(xlabel="wall-clock (minutes)", ylabel="best validation accuracy so far", ylim=(0.95, 0.99),
+             title=f"Same space, same data, {minutes:g} minutes each")
+    axes.legend(loc="lower right")
+    axes.grid(alpha=0.3)
+    path = RESULTS / "peers.png"
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    return path
 
 
 if __name__ == "__main__":

@@ -250,7 +250,8 @@ def run_trials(
     """
     # Everything alive now (modules, TensorFlow, MLflow, the data) lives as long as the sweep: keep it out
     # of the garbage collector's sight, so each trial's collection walks only what trials create
-    # (0.6 s -> a few ms a trial here; bench/results/overhead.md).
+    # (0.6 s -> a few ms a trial here; bench/results/README.md). Collect first: frozen garbage stays.
+    gc.collect()
     gc.freeze()
     failures = 0
     with tqdm(total=trials, initial=count_finished(study), desc=study.study_name, unit="trial", dynamic_ncols=True, disable=not progress) as bar:

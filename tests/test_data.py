@@ -60,6 +60,12 @@ def test_pipeline_scales_batches_and_reshuffles(splits):
     assert sorted(epoch1) == sorted(splits.train.labels) and not np.array_equal(epoch1, epoch2)
 
 
+def test_pipeline_runs_without_autotune(splits):
+    # tf.data's autotune thread made each epoch's iterator wait up to seconds to close (bench/results/README.md).
+    assert make_dataset(splits.train, batch_size=64, shuffle_seed=0).options().autotune.enabled is False
+    assert make_dataset(splits.val, batch_size=64).options().autotune.enabled is False
+
+
 def test_env_var_selects_local_data(idx_dir, monkeypatch):
     monkeypatch.setenv("MNIST_DATA_DIR", str(idx_dir))
     assert isinstance(resolve_source(), IdxSource)

@@ -241,7 +241,7 @@ def write(results: dict, command: str, minutes: float) -> None:
         lines.append(f"| {names[method]} | {r['best_val_accuracy']:.4f} | {reached} | {r['trials_finished']} | "
                      f"{r['seconds_used']:.0f} s | {winner} | {r['winner_test_accuracy']:.4f} |")
     lines += ["", "Each row was measured by:"]
-    lines += [f"- {names[m]}: `{r.get('command', command)}`, {r.get('date', 'in the first full run')}" for m, r in results.items()]
+    lines += [f"- {names[m]}: `{r['command']}`, {r['date']}" for m, r in results.items()]
     chart = plot_curves(results, names, minutes)
     lines += ["", f"![best validation accuracy so far]({chart.name})", ""]
     (RESULTS / "peers.md").write_text("\n".join(lines) + "\n")

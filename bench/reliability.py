@@ -23,14 +23,16 @@ from pathlib import Path
 
 import optuna
 import psutil
-from mlflow.tracking import MlflowClient
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from the project root: the tests' helpers are importable
+
+from sweep.oracle import FINISHED  # noqa: E402
+from tests.stores import finished, load, runs, sweep_process, training_trial, wait_for  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results"
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+NAME = "faults"
 STUDY = """
 [study]
 name = "faults"
@@ -62,55 +64,31 @@ class Store:
         self.data_dir = data_dir
 
     def argv(self, trials: int, *extra: str) -> list[str]:
-        return [sys.executable, "-m", "sweep", "run", "--study", str(self.study_file), "--store", str(self.path),
-                "--data-dir", self.data_dir, "--trials", str(trials), *extra]
+        return ["run", "--study", str(self.study_file), "--store", str(self.path), "--data-dir", self.data_dir,
+                "--trials", str(trials), *extra]
 
     def start(self, trials: int, *extra: str) -> subprocess.Popen:
-        return subprocess.Popen(self.argv(trials, *extra), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        return sweep_process(*self.argv(trials, *extra))
 
     def run(self, trials: int, *extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run(self.argv(trials, *extra), cwd=ROOT, capture_output=True, text=True)
+        return subprocess.run([sys.executable, "-m", "sweep", *self.argv(trials, *extra)], cwd=ROOT, capture_output=True, text=True)
 
     def study(self) -> optuna.Study:
-        return optuna.load_study(study_name="faults", storage=JournalStorage(JournalFileBackend(str(self.path / "optuna.journal"))))
+        return load(self.path, NAME)
 
     def finished(self) -> dict[int, tuple]:
-        try:
-            study = self.study()
-        except Exception:  # nothing stored yet
-            return {}
-        return {t.number: tuple(t.values or ()) for t in study.get_trials(states=FINISHED)}
+        return finished(self.path, NAME)
 
     def training(self, not_pid: int | None = None):
-        """A trial whose MLflow run is open (it is training), if any."""
-        try:
-            running = self.study().get_trials(states=(TrialState.RUNNING,))
-        except Exception:  # nothing stored yet
-            return None
-        return next((t for t in running if "mlflow_run_id" in t.user_attrs and t.user_attrs.get("pid") != not_pid), None)
+        return training_trial(self.path, not_pid=not_pid, name=NAME)
 
     def left_running(self) -> tuple[int, int]:
         """(Optuna trials, MLflow runs) still RUNNING."""
-        client = MlflowClient(f"sqlite:///{(self.path / 'mlflow.db').resolve()}")
-        experiment = client.get_experiment_by_name("faults")
-        runs = client.search_runs([experiment.experiment_id], max_results=5000)
-        return len(self.study().get_trials(states=(TrialState.RUNNING,))), sum(r.info.status == "RUNNING" for r in runs)
+        _, all_runs = runs(self.path, NAME)
+        return len(self.study().get_trials(states=(TrialState.RUNNING,))), sum(r.info.status == "RUNNING" for r in all_runs)
 
     def retried(self) -> int:
         return sum("retry_of" in t.user_attrs for t in self.study().trials)
-
-
-def wait_for(condition, process: subprocess.Popen | None = None, seconds: float = 600):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        found = condition()
-        if found:
-            return found
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"sweep ended before the fault:\n{process.stdout.read()[-3000:]}")
-        time.sleep(0.2)
-    raise TimeoutError("sweep did not reach the fault point")
 
 
 def outcome(store: Store, fault: str, injected: int, asked: int, before: dict[int, tuple], **extra) -> dict:
@@ -127,7 +105,7 @@ def kill_9_and_restart(store: Store) -> dict:
     before: dict[int, tuple] = {}
     for finished_at in (2, 5, 8):
         process = store.start(12)
-        wait_for(lambda: len(store.finished()) >= finished_at and store.training(), process)
+        wait_for(lambda: len(store.finished()) >= finished_at and store.training(), process, seconds=600)
         before.update(store.finished())
         process.kill()
         process.wait()
@@ -137,7 +115,7 @@ def kill_9_and_restart(store: Store) -> dict:
 
 def sigterm_and_resume(store: Store) -> dict:
     process = store.start(4)
-    wait_for(lambda: len(store.finished()) >= 1 and store.training(), process)
+    wait_for(lambda: len(store.finished()) >= 1 and store.training(), process, seconds=600)
     before = store.finished()
     process.send_signal(signal.SIGTERM)
     out, _ = process.communicate()
@@ -160,7 +138,7 @@ def four_processes(store: Store) -> dict:
 
 def killed_worker(store: Store) -> dict:
     process = store.start(8, "--workers", "2")
-    victim = wait_for(lambda: len(store.finished()) >= 2 and store.training(not_pid=process.pid), process)
+    victim = wait_for(lambda: len(store.finished()) >= 2 and store.training(not_pid=process.pid), process, seconds=600)
     before = store.finished()
     os.kill(victim.user_attrs["pid"], signal.SIGKILL)
     out, _ = process.communicate()

@@ -232,8 +232,8 @@ def make_dataset(arrays: Arrays, batch_size: int, shuffle_seed: int | None = Non
     """A tf.data pipeline: reshuffle each epoch (if seeded), batch, scale each batch, prefetch.
 
     Autotuning is off: its background thread sleeps for periods that double up to seconds, and each
-    epoch's iterator waits for it to wake before it can close (stalls of up to ~5 s per epoch measured
-    here, see bench/results/README.md). The in-memory arrays need no tuning: shuffling uint8 rows and
+    epoch's iterator waits for it to wake before it can close (the stalls are measured in
+    bench/results/README.md). The in-memory arrays need no tuning: shuffling uint8 rows and
     scaling whole batches keeps the per-example work to a copy.
     """
     import tensorflow as tf

@@ -86,6 +86,6 @@ def build_mlp(config: MLPConfig) -> keras.Model:
         metrics=["accuracy"],
     )
     # Create the optimizer's slot variables now, eagerly: created inside the first traced train
-    # step, each leaves initializer graphs that TensorFlow never frees (~1.5 MiB per model).
+    # step, each leaves initializer graphs that TensorFlow never frees (bench/results/memory.md).
     model.optimizer.build(model.trainable_variables)
     return model

@@ -216,6 +216,6 @@ def train(
         del model, monitor
         if not keep_model:
             # One full garbage collection per run frees the model's reference cycles. Each one walks
-            # the whole heap, which TensorFlow keeps large (~0.6 s here), so nothing else collects.
+            # the whole heap, which TensorFlow keeps large (bench/results/README.md), so nothing else collects.
             keras.backend.clear_session(free_memory=True)
     return result

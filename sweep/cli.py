@@ -9,21 +9,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import functools
 import math
-import multiprocessing
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from mnist_core.data import DataError, Source, Splits, load_splits, resolve_source
-from sweep.hypermodel import StudyFileError, StudySpec, load_study
+from sweep.credentials import STORAGE_ENV, TRACKING_ENV, mask_url
+from sweep.hypermodel import DEFAULT_STUDY, StudyFileError, StudySpec, load_study, study_path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_STUDY = PROJECT_ROOT / "studies" / "tradeoff.toml"
 DEFAULT_STORE = Path("mlruns")
 
 
@@ -64,11 +61,18 @@ class Command:
 
 
 def _add_study_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--study", type=Path, default=DEFAULT_STUDY, help="study file (default: studies/tradeoff.toml)")
+    parser.add_argument("--study", type=study_path, default=DEFAULT_STUDY,
+                        help="study file, or a shipped study: accuracy, seed, tradeoff (default: tradeoff)")
     parser.add_argument("--name", help="study name in storage (default: the file's [study] name)")
     parser.add_argument("--store", type=Path, default=DEFAULT_STORE, help="folder for storage, runs and models (default: mlruns)")
-    parser.add_argument("--storage", help="Optuna storage: a journal file path or an RDB URL (default: STORE/optuna.journal)")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///STORE/mlflow.db)")
+    parser.add_argument("--storage", default=os.environ.get(STORAGE_ENV),
+                        help=f"Optuna storage: a journal file path or an RDB URL (default: ${STORAGE_ENV}, else STORE/optuna.journal)")
+    _add_tracking_argument(parser)
+
+
+def _add_tracking_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tracking-uri", default=os.environ.get(TRACKING_ENV),
+                        help=f"MLflow tracking URI (default: ${TRACKING_ENV}, else sqlite:///STORE/mlflow.db)")
 
 
 def _add_data_argument(parser: argparse.ArgumentParser) -> None:
@@ -82,10 +86,17 @@ def _tracking_uri(args: argparse.Namespace) -> str:
 
 
 def _tracker(args: argparse.Namespace, study):
-    """The MLflow experiment of `study` in this store."""
+    """The MLflow experiment of `study` in this store (or on the tracking server)."""
+    from sweep.credentials import redact
     from sweep.tracking import Tracker
 
-    return Tracker(_tracking_uri(args), study.study_name, args.store / "artifacts")
+    uri = _tracking_uri(args)
+    try:
+        return Tracker(uri, study.study_name, args.store / "artifacts")
+    except Exception as exc:  # an unreachable server, a bad URI, a broken database
+        if store_failure(exc):
+            raise
+        raise CommandError(redact(f"cannot open MLflow tracking at {uri}: {str(exc).splitlines()[0]}", uri)) from None
 
 
 def _prepare_store(store: Path) -> None:
@@ -125,57 +136,16 @@ def _load_data(args: argparse.Namespace, spec: StudySpec) -> tuple[Source, Split
 
 def _sweep_worker(args: argparse.Namespace, trials: int, deadline: float | None, worker: int) -> int:
     """One of several worker processes: open the shared study, load the data, run trials until enough."""
+    import optuna
+
     from sweep.tuner import SweepContext, parent_run, run_trials
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a spawned process starts with Optuna's defaults
 
     spec, study = _open(args, create=True)
     tracker = _tracker(args, study)
     context = SweepContext(spec, _load_data(args, spec)[1], tracker, parent_run(study, tracker, spec), deadline)
     return run_trials(study, context, trials, write=lambda line: print(f"[worker {worker}] {line}", flush=True), progress=False)
-
-
-def _worker_main(args: argparse.Namespace, trials: int, deadline: float | None, worker: int) -> None:
-    from sweep.tuner import interruptible
-
-    try:
-        with interruptible():
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which sends SIGTERM
-            _sweep_worker(args, trials, deadline, worker)
-    except KeyboardInterrupt:
-        sys.exit(130)
-
-
-def _supervise(args: argparse.Namespace, study, trials: int, deadline: float | None) -> int:
-    """Run `--workers` processes; one killed by a signal (out of memory, kill -9) is replaced while work is left."""
-    from sweep import oracle
-
-    context = multiprocessing.get_context("spawn")
-    workers: dict[int, multiprocessing.Process] = {}
-    replacements = trials  # a bound, in case every worker dies at start
-
-    def start(number: int) -> None:
-        workers[number] = context.Process(target=_worker_main, args=(args, trials, deadline, number))
-        workers[number].start()
-
-    for number in range(args.workers):
-        start(number)
-    try:
-        while workers:
-            for number, process in list(workers.items()):
-                process.join(timeout=0.5)
-                if process.exitcode is None:
-                    continue
-                del workers[number]
-                work_left = oracle.count_finished(study) < trials and (deadline is None or time.time() < deadline)
-                if process.exitcode < 0 and work_left and replacements > 0:
-                    replacements -= 1
-                    print(f"[worker {number}] killed by {signal.Signals(-process.exitcode).name}; starting a new worker", flush=True)
-                    start(number)
-    finally:  # interrupted: each worker closes its trial and runs on SIGTERM
-        for process in workers.values():
-            process.terminate()
-        for process in workers.values():
-            process.join()
-    return oracle.count_finished(study)
 
 
 class Run(Command):
@@ -190,7 +160,7 @@ class Run(Command):
         parser.add_argument("--workers", type=POSITIVE_INT, default=1, help="worker processes sharing the study (default: 1)")
 
     def take_action(self, args):
-        from sweep.tuner import interruptible
+        from sweep.processes import interruptible
 
         cores = os.cpu_count() or 1
         if args.workers > cores:
@@ -199,7 +169,7 @@ class Run(Command):
             return self._sweep(args)
 
     def _sweep(self, args: argparse.Namespace) -> int:
-        from sweep import oracle, tuner
+        from sweep import oracle, tuner, workers
 
         spec, study = _open(args, create=True)
         trials = args.trials or spec.trials
@@ -209,7 +179,7 @@ class Run(Command):
         tracker = _tracker(args, study)
         parent = tuner.parent_run(study, tracker, spec)
         done = oracle.count_finished(study)
-        print(f"study {study.study_name!r}: {done}/{trials} trials finished, per-trial budget {spec.trial_seconds:g} s"
+        print(f"study {study.study_name!r}: {done}/{trials} trials trained, per-trial budget {spec.trial_seconds:g} s"
               + (f", sweep budget {timeout:g} s" if timeout else ""), flush=True)
         status = "FAILED"
         try:
@@ -217,7 +187,11 @@ class Run(Command):
                 done = tuner.run_trials(study, tuner.SweepContext(spec, splits, tracker, parent, deadline), trials)
             else:
                 del splits  # each worker process loads its own copy
-                done = _supervise(args, study, trials, deadline)
+                workers.supervise(
+                    functools.partial(_sweep_worker, args, trials, deadline), args.workers, bound=trials,
+                    work_left=lambda: oracle.count_finished(study) < trials and (deadline is None or time.time() < deadline),
+                )
+                done = oracle.count_finished(study)
             status = "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
@@ -225,35 +199,17 @@ class Run(Command):
             raise
         finally:
             tracker.end_run(parent, status)
-        _write_report(args, study, tracker, quiet=True)
-        print(f"{done}/{trials} trials finished. See `python -m sweep report` and `python -m sweep ui`.")
+        _write_report(args, study, tracker)
+        print(f"{done}/{trials} trials trained. See `python -m sweep report` and `python -m sweep ui`.")
         return 0
 
 
-def _write_report(args, study, tracker, quiet: bool = False):
-    from sweep.report import plot_tradeoff, trials_frame
-    from sweep.tracking import PARENT_ATTR
+def _write_report(args: argparse.Namespace, study, tracker):
+    from sweep.report import write_report
 
-    frame = trials_frame(study)
-    if frame.empty:
+    if not study.trials:
         raise CommandError(f"study {study.study_name!r} has no trials yet")
-    out = (getattr(args, "out", None) or args.store / "reports") / study.study_name
-    out.mkdir(parents=True, exist_ok=True)
-    csv_path = out / "trials.csv"
-    frame.to_csv(csv_path, index=False)
-    chart = plot_tradeoff(frame, out / "tradeoff.png", f"{study.study_name}: accuracy vs training time")
-    parent = study.user_attrs.get(PARENT_ATTR)
-    if parent:
-        tracker.log_artifact(parent, csv_path)
-        tracker.log_artifact(parent, chart)
-    if not quiet:
-        columns = [c for c in frame.columns if c not in ("reason", "mlflow_run_id", "best_val_loss", "seconds_per_epoch", "examples_per_second")]
-        import pandas as pd
-
-        with pd.option_context("display.max_rows", 200, "display.width", 200, "display.float_format", "{:.4g}".format):
-            print(frame[columns].to_string(index=False))
-        print(f"\nwrote {csv_path} and {chart} (Pareto set: pareto=True)")
-    return frame, csv_path, chart
+    return write_report(study, (getattr(args, "out", None) or args.store / "reports") / study.study_name, tracker)
 
 
 class Report(Command):
@@ -264,8 +220,12 @@ class Report(Command):
         parser.add_argument("--out", type=Path, help="folder for trials.csv and tradeoff.png (default: STORE/reports)")
 
     def take_action(self, args):
+        from sweep.report import table
+
         _, study = _open(args, create=False)
-        _write_report(args, study, _tracker(args, study))
+        frame, csv_path, chart = _write_report(args, study, _tracker(args, study))
+        print(table(frame))
+        print(f"\nwrote {csv_path} and {chart} (Pareto set: pareto=True)")
         return 0
 
 
@@ -276,10 +236,11 @@ class Best(Command):
         _add_study_arguments(parser)
         _add_data_argument(parser)
         parser.add_argument("--max-train-seconds", type=POSITIVE_SECONDS, help="pick the most accurate trial that trained within this many seconds")
-        parser.add_argument("--model", type=Path, help="where to save the .keras file (default: STORE/models/STUDY.keras)")
+        parser.add_argument("--model", type=Path,
+                            help="where to save the .keras file (default: STORE/models/STUDY.keras, or STUDY-under-Ts.keras with --max-train-seconds T)")
 
     def take_action(self, args):
-        from sweep.best import log_best, retrain, select_trial
+        from sweep.best import log_best, model_name, retrain, select_trial
 
         spec, study = _open(args, create=False)
         trial = select_trial(study, args.max_train_seconds)
@@ -287,13 +248,15 @@ class Best(Command):
         print(f"retraining trial {trial.number} ({trial.params}) for {trial.user_attrs['best_epoch']} epoch(s), "
               f"seed {trial.user_attrs['seed']}", flush=True)
         result = retrain(spec, trial, splits)
-        model_path = args.model or args.store / "models" / f"{study.study_name}.keras"
+        model_path = args.model or args.store / "models" / model_name(study.study_name, args.max_train_seconds)
         tracker = _tracker(args, study)
         test = log_best(tracker, _tracking_uri(args), study, trial, result, splits, source, model_path)
         print(f"trial {trial.number}: val accuracy {result.best_epoch.val_accuracy:.4f} "
               f"(sweep: {trial.user_attrs['best_val_accuracy']:.4f}), test accuracy {test['test_accuracy']:.4f}, "
               f"test loss {test['test_loss']:.4f}, trained in {result.seconds:.1f} s")
         print(f"saved {model_path}; registered in MLflow as mnist-{study.study_name}")
+        if args.model is None and args.max_train_seconds is not None:
+            print(f"classify images with it: python -m sweep predict --model {model_path} IMAGE...")
         return 0
 
 
@@ -307,9 +270,10 @@ class Predict(Command):
         parser.add_argument("--name", default=None, help="study whose best model to use (default: tradeoff)")
 
     def take_action(self, args):
-        from sweep.best import predict
+        from sweep.best import model_name
+        from sweep.predict import predict
 
-        model = args.model or args.store / "models" / f"{args.name or load_study(DEFAULT_STUDY).name}.keras"
+        model = args.model or args.store / "models" / model_name(args.name or load_study(DEFAULT_STUDY).name)
         if not model.is_file():
             raise CommandError(f"no model at {model}; run `python -m sweep best` first or pass --model FILE")
         missing = [str(p) for p in args.images if not p.is_file()]
@@ -329,13 +293,15 @@ class Ui(Command):
 
     def add_arguments(self, parser):
         parser.add_argument("--store", type=Path, default=DEFAULT_STORE)
-        parser.add_argument("--tracking-uri")
+        _add_tracking_argument(parser)
         parser.add_argument("--port", type=POSITIVE_INT, default=5000)
 
     def take_action(self, args):
+        from sweep.processes import serve
+
         uri = _tracking_uri(args)
-        print(f"MLflow UI on http://127.0.0.1:{args.port} for {uri} (Ctrl-C to stop)", flush=True)
-        return subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--port", str(args.port)])
+        print(f"MLflow UI on http://127.0.0.1:{args.port} for {mask_url(uri)} (Ctrl-C to stop)", flush=True)
+        return serve([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--port", str(args.port)])
 
 
 STORE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)

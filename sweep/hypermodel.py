@@ -20,6 +20,23 @@ from mnist_core.model import ACTIVATIONS, OPTIMIZERS, MLPConfig
 from mnist_core.trainer import TrainConfig
 
 
+# The study files shipped with the package (`studies/` in the source tree links here).
+STUDIES = Path(__file__).resolve().parent / "studies"
+DEFAULT_STUDY = STUDIES / "tradeoff.toml"
+
+
+def study_path(text: str) -> Path:
+    """`--study`: a study file, or the name of a shipped one (`accuracy`, `seed`, `tradeoff`)."""
+    path = Path(text)
+    if not path.exists() and not path.suffix and (STUDIES / f"{text}.toml").is_file():
+        return STUDIES / f"{text}.toml"
+    return path
+
+
+def shipped_studies() -> list[str]:
+    return sorted(p.stem for p in STUDIES.glob("*.toml"))
+
+
 class StudyFileError(Exception):
     """A study file is missing or invalid; the message names the file, the key and the reason."""
 
@@ -190,7 +207,9 @@ def load_study(path: str | Path) -> StudySpec:
     try:
         document = tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise StudyFileError(f"{path}: no such study file; see studies/ for examples") from None
+        raise StudyFileError(
+            f"{path}: no such study file; pass a file or a shipped study: {', '.join(shipped_studies())}"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise StudyFileError(f"{path}: cannot read ({exc})") from None
     except tomllib.TOMLDecodeError as exc:

@@ -8,12 +8,10 @@ several processes on one machine and readable by Optuna's own tools. Any Optuna 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import threading
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import optuna
 import sqlalchemy.exc
@@ -21,14 +19,11 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
+from sweep.credentials import mask_url, redact
 from sweep.hypermodel import StudySpec
 
 JOURNAL_NAME = "optuna.journal"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-# A RUNNING trial proves it is alive by its worker's pid (same host) or a heartbeat (any host).
-HEARTBEAT_SECONDS = 20.0
-STALE_SECONDS = 6 * HEARTBEAT_SECONDS
-HOST = socket.gethostname()
 
 
 class StorageError(Exception):
@@ -56,16 +51,24 @@ def _check_journal(path: Path) -> None:
 
 
 def open_storage(storage: str | None, store: Path) -> BaseStorage:
-    """The storage named by `--storage` (URL or journal file path), else the store's journal file."""
+    """The storage named by `--storage` (URL or journal file path), else the store's journal file.
+
+    Messages show the URL with its password masked (`sweep.credentials`).
+    """
     if storage and "://" in storage:
         for attempt in range(3):
             try:
                 return RDBStorage(storage)
             except sqlalchemy.exc.IntegrityError:  # workers starting together each create the schema: one wins
                 time.sleep(1.0 + attempt)
+            except ImportError:  # Optuna's word for a database driver (psycopg for PostgreSQL) that is not installed
+                raise StorageError(
+                    f"cannot open storage {mask_url(storage)}: its database driver is not installed; install it with "
+                    "pip install 'mnist-sweep[distributed]' (from a checkout: pip install -e '.[distributed]')"
+                ) from None
             except Exception as exc:  # SQLAlchemy/driver errors: not a database, unreachable server...
-                raise StorageError(f"cannot open storage {storage}: {str(exc).splitlines()[0]}") from None
-        raise StorageError(f"cannot open storage {storage}: its schema is still being created by another worker")
+                raise StorageError(redact(f"cannot open storage {storage}: {str(exc).splitlines()[0]}", storage)) from None
+        raise StorageError(f"cannot open storage {mask_url(storage)}: its schema is still being created by another worker")
     path = Path(storage) if storage else store / JOURNAL_NAME
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,14 +79,49 @@ def open_storage(storage: str | None, store: Path) -> BaseStorage:
         raise StorageError(f"cannot open storage {path}: {exc}") from None
 
 
-def make_sampler(spec: StudySpec, offset: int) -> optuna.samplers.BaseSampler:
-    """The study's sampler, seeded with seed + trials so far, so a resumed sweep explores new points."""
-    seed = spec.seed + offset
-    if spec.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if spec.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """The study's sampler, made anew for each trial with the seed `seed + trial number`.
+
+    Trial numbers are unique across every worker, process and machine sharing the storage, so each
+    trial draws from its own random stream: parallel workers explore different points (one seed per
+    sampler made workers that started together propose the same ones), a resumed sweep explores new
+    ones, and a single-process sweep stays reproducible.
+    """
+
+    def __init__(self, factory: Callable[[int], optuna.samplers.BaseSampler], seed: int):
+        self._factory, self._seed = factory, seed
+        self._sampler = factory(seed)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._sampler = self._factory(self._seed + trial.number)
+        self._sampler.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self._sampler.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._sampler.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._sampler.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values):
+        self._sampler.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._sampler.reseed_rng()
+
+
+SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
+    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+    "nsga2": lambda seed: optuna.samplers.NSGAIISampler(seed=seed),
+    # constant_liar: a running trial counts as a bad result, so parallel workers avoid its region.
+    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, constant_liar=True),
+}
+
+
+def make_sampler(spec: StudySpec) -> TrialSeededSampler:
+    return TrialSeededSampler(SAMPLERS[spec.sampler], spec.seed)
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
@@ -96,13 +134,11 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
 
 def open_study(spec: StudySpec, storage: BaseStorage, name: str | None = None) -> optuna.Study:
     """Create the study, or resume it if its stored directions and search space match the file."""
-    name = name or spec.name
-    existing = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)}
     study = optuna.create_study(
-        study_name=name,
+        study_name=name or spec.name,
         storage=storage,
         directions=spec.directions,
-        sampler=make_sampler(spec, existing.get(name, 0)),
+        sampler=make_sampler(spec),
         pruner=make_pruner(spec),
         load_if_exists=True,
     )
@@ -140,85 +176,20 @@ def load_existing(storage: BaseStorage, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=storage)
 
 
+def trained(trial: FrozenTrial) -> bool:
+    """Whether a finished trial trained at all; one skipped before training (it could not fit) did not."""
+    return trial.state in FINISHED and trial.user_attrs.get("epochs_run", 0) > 0
+
+
 def count_finished(study: optuna.Study) -> int:
-    """Finished trials (complete or pruned): what `--trials N` counts."""
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
-
-
-def own(trial: optuna.Trial) -> None:
-    """Record which process runs `trial`, so a restart can tell a live trial from a dead one."""
-    trial.set_user_attr("host", HOST)
-    trial.set_user_attr("pid", os.getpid())
-    trial.set_user_attr("heartbeat", time.time())
-
-
-class Heartbeat:
-    """While a trial trains, refresh its `heartbeat` attribute: how workers on other machines see it alive."""
-
-    def __init__(self, trial: optuna.Trial, interval: float = HEARTBEAT_SECONDS):
-        self._trial, self._interval = trial, interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{trial.number}", daemon=True)
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self._trial.set_user_attr("heartbeat", time.time())
-            except Exception:  # the storage is briefly unreachable: the next beat tries again
-                pass
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by another user
-        return True
-    return True
-
-
-def stale_reason(trial: FrozenTrial, now: float | None = None) -> str | None:
-    """Why a RUNNING trial's worker is gone (its process died, or its heartbeat stopped), else None."""
-    attrs = trial.user_attrs
-    if attrs.get("host") == HOST and attrs.get("pid") is not None:
-        if attrs["pid"] == os.getpid():  # only called between trials: this process runs none now
-            return "abandoned by an earlier sweep in this process"
-        if not _pid_alive(attrs["pid"]):
-            return f"worker died: process {attrs['pid']} on {HOST} is gone"
-    last = attrs.get("heartbeat") or (trial.datetime_start.timestamp() if trial.datetime_start else None)
-    silent = (now or time.time()) - last if last else 0.0
-    if silent > STALE_SECONDS:
-        return f"worker died: no heartbeat from {attrs.get('host', 'its host')} for {silent:.0f} s"
-    return None
-
-
-def fail_stale(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
-    """Mark a dead worker's trial FAIL and queue its configuration once more; False if another worker did."""
-    storage = study._storage
-    try:
-        storage.set_trial_user_attr(trial._trial_id, "reason", reason)
-        if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
-            return False
-    except (optuna.exceptions.UpdateFinishedTrialError, KeyError):
-        return False
-    if trial.params and "retry_of" not in trial.user_attrs:
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-    return True
+    """Finished trials that trained (complete, or pruned after training): what `--trials N` counts."""
+    return sum(map(trained, study.get_trials(deepcopy=False, states=FINISHED)))
 
 
 def count_busy(study: optuna.Study, before: int | None = None) -> int:
-    """Finished trials plus those running (numbered below `before`): slots of `--trials N` taken."""
+    """Trained trials plus those running (numbered below `before`): slots of `--trials N` taken."""
     trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
-    return sum(t.state != TrialState.RUNNING or before is None or t.number < before for t in trials)
+    return sum(trained(t) if t.state != TrialState.RUNNING else before is None or t.number < before for t in trials)
 
 
 def release(study: optuna.Study, trial: optuna.Trial) -> None:

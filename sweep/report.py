@@ -9,16 +9,11 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-METRICS = (
-    "best_val_accuracy",
-    "best_val_loss",
-    "train_seconds",
-    "best_epoch",
-    "epochs_run",
-    "seconds_per_epoch",
-    "examples_per_second",
-    "param_count",
-)
+from sweep.tracking import PARENT_ATTR, Tracker
+from sweep.tuner import SUMMARY_METRICS
+
+# Columns the printed table leaves to the CSV.
+CSV_ONLY = ("reason", "mlflow_run_id", "best_val_loss", "warmup_seconds", "seconds_per_epoch", "examples_per_second")
 
 
 def pareto_mask(accuracy: np.ndarray, seconds: np.ndarray) -> np.ndarray:
@@ -39,14 +34,14 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     for trial in study.get_trials(deepcopy=False):
         row = {"trial": trial.number, "state": trial.state.name}
         row.update(trial.params)
-        row.update({m: trial.user_attrs.get(m) for m in METRICS})
+        row.update({m: trial.user_attrs.get(m) for m in SUMMARY_METRICS})
         row["reason"] = trial.user_attrs.get("reason")
         row["mlflow_run_id"] = trial.user_attrs.get("mlflow_run_id")
         rows.append(row)
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    for metric in METRICS:
+    for metric in SUMMARY_METRICS:
         frame[metric] = pd.to_numeric(frame[metric], errors="coerce")
     complete = (frame["state"] == TrialState.COMPLETE.name).to_numpy()
     accuracy = np.where(complete, frame["best_val_accuracy"], np.nan)
@@ -100,3 +95,24 @@ def plot_tradeoff(frame: pd.DataFrame, path: Path, title: str, reference: tuple[
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def write_report(study: optuna.Study, out: Path, tracker: Tracker) -> tuple[pd.DataFrame, Path, Path]:
+    """`trials.csv` and `tradeoff.png` in `out`, also logged to the study's parent MLflow run."""
+    frame = trials_frame(study)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / "trials.csv"
+    frame.to_csv(csv_path, index=False)
+    chart = plot_tradeoff(frame, out / "tradeoff.png", f"{study.study_name}: accuracy vs training time")
+    parent = study.user_attrs.get(PARENT_ATTR)
+    if parent:
+        tracker.log_artifact(parent, csv_path)
+        tracker.log_artifact(parent, chart)
+    return frame, csv_path, chart
+
+
+def table(frame: pd.DataFrame) -> str:
+    """The trials as text, best first, without the columns only the CSV needs."""
+    columns = [c for c in frame.columns if c not in CSV_ONLY]
+    with pd.option_context("display.max_rows", 200, "display.width", 200, "display.float_format", "{:.4g}".format):
+        return frame[columns].to_string(index=False)

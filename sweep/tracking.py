@@ -12,6 +12,7 @@ import fcntl
 import functools
 import importlib.metadata
 import logging
+import os
 import platform
 import subprocess
 import time
@@ -24,6 +25,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from mnist_core.trainer import EpochStats, TrainConfig
+from sweep.credentials import TRACKING_ENV
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("keras", "tensorflow", "tensorflow-datasets", "optuna", "mlflow", "numpy", "pandas")
@@ -46,6 +48,23 @@ def _schema_lock(tracking_uri: str):
     with open(tracking_uri.removeprefix("sqlite:///") + ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+@contextlib.contextmanager
+def fluent_tracking(tracking_uri: str):
+    """MLflow's fluent API (model logging needs it) on `tracking_uri`, for the duration only.
+
+    `mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI, which would send later commands in
+    this process, and every child process, to this store: the variable is put back as it was.
+    """
+    import mlflow
+
+    saved = os.environ.get(TRACKING_ENV)
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved)  # None unsets the variable
 
 
 @functools.cache

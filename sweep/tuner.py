@@ -3,18 +3,17 @@ scored by its best validation epoch, and is tracked in MLflow as a child run of 
 
 Trial states map to MLflow statuses: COMPLETE -> FINISHED, PRUNED -> KILLED, FAIL -> FAILED.
 A trial stopped at its deadline or projected to overrun it is PRUNED, with its partial result kept.
+A trial estimated not to fit is PRUNED before training, with no MLflow run, and does not count
+towards `--trials`: the sampler still learns from it (Optuna's TPE ranks pruned trials below complete ones).
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
-import signal
 import sys
-import threading
 import time
-from dataclasses import dataclass
-from typing import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -22,48 +21,22 @@ from tqdm import tqdm
 
 from mnist_core.data import Splits
 from mnist_core.model import param_count
-from mnist_core.trainer import OVERRUN_FACTOR, Budget, EpochStats, TrainResult, train
+from mnist_core.trainer import OVERRUN_FACTOR, Budget, EpochStats, TrainConfig, TrainResult, train
 from sweep.hypermodel import StudySpec
-from sweep.oracle import FINISHED, Heartbeat, count_busy, count_finished, fail_stale, own, release, stale_reason
+from sweep.oracle import FINISHED, count_busy, count_finished, release, trained
+from sweep.processes import check_stop
 from sweep.tracking import PARENT_ATTR, Tracker, config_params, manifest
+from sweep.workers import Heartbeat, own, recover
 
 # Stop a sweep whose last trials all failed: something is wrong beyond one configuration.
 MAX_CONSECUTIVE_FAILURES = 5
+# Stop asking when this many trials in a row could not fit their budget (skipped before training).
+MAX_CONSECUTIVE_SKIPS = 10
 # How often a worker with no free slot looks again (another worker's trial may fail and free one).
 POLL_SECONDS = 2.0
 # How long a worker that opened a new study's parent MLflow run waits to see if another one did too.
 PARENT_SETTLE_SECONDS = 0.5
-
-
-# Set by Ctrl-C or SIGTERM. The KeyboardInterrupt raised with it can be swallowed when the signal lands
-# in a finalizer ("Exception ignored in ..."), so trials check the flag too, at each epoch.
-STOP = threading.Event()
-
-
-def _stop(signum, frame) -> None:
-    STOP.set()
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def interruptible() -> Iterator[None]:
-    """Ctrl-C and SIGTERM stop the sweep: the trial in progress is closed FAIL and its run FAILED."""
-    STOP.clear()
-    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def check_stop() -> None:
-    if STOP.is_set():
-        raise KeyboardInterrupt
-
-
-class TrialFailed(Exception):
-    """A trial that ended without a usable result (NaN loss, out of memory...): FAIL, sweep goes on."""
+RUN_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
 
 
 @dataclass
@@ -77,20 +50,34 @@ class SweepContext:
     deadline: float | None  # time.time() after which no trial may run; None: no sweep budget
 
 
+SUMMARY_METRICS = (
+    "best_val_accuracy",
+    "best_val_loss",
+    "best_epoch",
+    "epochs_run",
+    "train_seconds",
+    "warmup_seconds",
+    "seconds_per_epoch",
+    "examples_per_second",
+    "param_count",
+)
+
+
 def summary_metrics(result: TrainResult) -> dict[str, float | None]:
     """A trial's score (its best validation epoch) and costs: what the report and MLflow show."""
     best = result.best_epoch
-    return {
-        "best_val_accuracy": best.val_accuracy if best else None,
-        "best_val_loss": best.val_loss if best else None,
-        "best_epoch": best.epoch if best else None,
-        "epochs_run": len(result.epochs),
-        "train_seconds": result.seconds,
-        "warmup_seconds": result.warmup_seconds,
-        "seconds_per_epoch": result.seconds_per_epoch,
-        "examples_per_second": result.examples_per_second,
-        "param_count": result.param_count,
-    }
+    values = (
+        best.val_accuracy if best else None,
+        best.val_loss if best else None,
+        best.epoch if best else None,
+        len(result.epochs),
+        result.seconds,
+        result.warmup_seconds,
+        result.seconds_per_epoch,
+        result.examples_per_second,
+        result.param_count,
+    )
+    return dict(zip(SUMMARY_METRICS, values, strict=True))
 
 
 def throughput(study: optuna.Study) -> float | None:
@@ -108,63 +95,91 @@ def estimate_seconds(param_count: int, examples: int, epochs: int, rate: float |
     return param_count * examples * epochs / rate if rate else None
 
 
-def objective(ctx: SweepContext, trial: optuna.Trial) -> float | list[float]:
-    """Open the trial's MLflow run, train, and close the run with the status its trial ends in."""
-    seed = ctx.spec.seed + trial.number
-    own(trial)
-    trial.set_user_attr("seed", seed)
-    run_id = ctx.tracker.start_run(
-        f"trial-{trial.number}", ctx.parent_run_id, {"optuna.trial_number": str(trial.number), "optuna.study": trial.study.study_name}
-    )
-    trial.set_user_attr("mlflow_run_id", run_id)
-    closed = False
+def quickest_epoch(study: optuna.Study) -> float | None:
+    """The shortest first epoch (warm-up included) of any trial so far: no trial scores in less."""
+    seconds = [t.user_attrs["warmup_seconds"] for t in study.get_trials(deepcopy=False, states=FINISHED)
+               if t.user_attrs.get("warmup_seconds")]
+    return min(seconds) if seconds else None
 
-    def close(state: TrialState, reason: str | None, metrics: dict[str, float | None]) -> None:
-        nonlocal closed
-        closed = True
-        for key, value in metrics.items():
-            trial.set_user_attr(key, value)
-        trial.set_user_attr("reason", reason)
-        ctx.tracker.log_metrics(run_id, metrics)
-        ctx.tracker.set_tags(run_id, {"optuna.state": state.name, "reason": reason or ""})
-        status = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED"}.get(state, "FAILED")
-        ctx.tracker.end_run(run_id, status)
 
+@dataclass(frozen=True)
+class Outcome:
+    """How a trial ended: its state, why, what it measured, and its objective values when COMPLETE."""
+
+    state: TrialState
+    reason: str | None = None
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    values: list[float] | None = None
+
+
+def run_trial(study: optuna.Study, ctx: SweepContext, trial: optuna.Trial) -> FrozenTrial:
+    """Run one asked trial: the one place that decides how it ends, closes its MLflow run and tells Optuna.
+
+    As in Optuna's `_run_trial`, every exception becomes a trial state. A trial that cannot fit its budget
+    is PRUNED before training (no MLflow run; it does not count towards `--trials`). Failures inside
+    training (NaN loss, out of memory) end it FAIL and the sweep goes on; Ctrl-C, SIGTERM and errors of
+    the store end it FAIL too, and are raised again once it is closed.
+    """
+    error: BaseException | None = None
+    run_id = None
     try:
-        return _fit(ctx, trial, seed, run_id, close)
-    except BaseException as exc:  # Ctrl-C, SIGTERM, a tracking error: never leave the MLflow run RUNNING
-        if not closed:
-            close(TrialState.FAIL, "interrupted" if isinstance(exc, KeyboardInterrupt) else _reason(exc), {})
-        raise
+        seed = ctx.spec.seed + trial.number
+        own(trial)
+        trial.set_user_attr("seed", seed)
+        config = ctx.spec.config_for(trial, seed)
+        seconds = ctx.spec.trial_seconds if ctx.deadline is None else min(ctx.spec.trial_seconds, ctx.deadline - time.time())
+        outcome = _skip(trial.study, ctx, config, seconds)
+        if outcome is None:
+            run_id = _open_run(ctx, trial, config)
+            outcome = _train(ctx, trial, config, seconds, run_id)
+    except BaseException as exc:  # Ctrl-C, SIGTERM, a tracking or storage error
+        error = exc
+        outcome = Outcome(TrialState.FAIL, "interrupted" if isinstance(exc, KeyboardInterrupt) else _reason(exc))
+    try:
+        _close(ctx, trial, run_id, outcome)
+    except BaseException as exc:
+        error = error or exc
+        outcome = Outcome(TrialState.FAIL, _reason(exc))
+    frozen = study.tell(trial, outcome.values, state=outcome.state)
+    if error is not None:
+        raise error
+    return frozen
 
 
 def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
-def _fit(ctx: SweepContext, trial: optuna.Trial, seed: int, run_id: str, close: Callable) -> float | list[float]:
-    """Train the trial's config within its budget; close its run as COMPLETE, PRUNED or FAIL."""
-    spec = ctx.spec
-    config = spec.config_for(trial, seed)
+def _skip(study: optuna.Study, ctx: SweepContext, config: TrainConfig, seconds: float) -> Outcome | None:
+    """PRUNED before training when the trial cannot fit: the sweep budget is spent, or it is estimated to overrun."""
+    n_params = param_count(config.model)
+    if seconds <= 0:
+        return Outcome(TrialState.PRUNED, "skipped: sweep budget spent", {"param_count": n_params})
+    estimate = estimate_seconds(n_params, len(ctx.splits.train), config.epochs, throughput(study))
+    if estimate is not None and estimate > OVERRUN_FACTOR * seconds:
+        reason = f"skipped: estimated {estimate:.0f} s from {n_params:,} parameters > budget {seconds:.0f} s"
+        return Outcome(TrialState.PRUNED, reason, {"param_count": n_params})
+    return None
+
+
+def _open_run(ctx: SweepContext, trial: optuna.Trial, config: TrainConfig) -> str:
+    """The trial's MLflow child run, with its params and manifest."""
+    tags = {"optuna.trial_number": str(trial.number), "optuna.study": trial.study.study_name}
+    run_id = ctx.tracker.start_run(f"trial-{trial.number}", ctx.parent_run_id, tags)
+    trial.set_user_attr("mlflow_run_id", run_id)
     ctx.tracker.log_params(run_id, config_params(config))
+    splits, spec = ctx.splits, ctx.spec
     ctx.tracker.log_dict(
         run_id,
-        manifest(seed, ctx.splits.source, ctx.splits.checksum, study_file=str(spec.path), trial_number=trial.number),
+        manifest(config.seed, splits.source, splits.checksum, study_file=str(spec.path), trial_number=trial.number),
         "manifest.json",
     )
-    seconds = spec.trial_seconds
-    if ctx.deadline is not None:
-        seconds = min(seconds, ctx.deadline - time.time())
-    n_params = param_count(config.model)
-    estimate = estimate_seconds(n_params, len(ctx.splits.train), config.epochs, throughput(trial.study))
-    if seconds <= 0 or (estimate is not None and estimate > OVERRUN_FACTOR * seconds):
-        reason = (
-            "sweep budget spent"
-            if seconds <= 0
-            else f"over_budget: estimated {estimate:.0f} s from {n_params:,} parameters > budget {seconds:.0f} s"
-        )
-        close(TrialState.PRUNED, reason, {"param_count": n_params})
-        raise optuna.TrialPruned(reason)
+    return run_id
+
+
+def _train(ctx: SweepContext, trial: optuna.Trial, config: TrainConfig, seconds: float, run_id: str) -> Outcome:
+    """Train within `seconds`, logging and (single objective) pruning at each epoch."""
+    spec = ctx.spec
 
     def on_epoch(stats: EpochStats) -> str | None:
         check_stop()
@@ -178,20 +193,23 @@ def _fit(ctx: SweepContext, trial: optuna.Trial, seed: int, run_id: str, close: 
         with Heartbeat(trial):
             result = train(config, ctx.splits, Budget(seconds), on_epoch=on_epoch)
     except Exception as exc:  # out of memory and other failures inside one trial
-        reason = _reason(exc)
-        close(TrialState.FAIL, reason, {"param_count": n_params})
-        raise TrialFailed(reason) from exc
-
+        return Outcome(TrialState.FAIL, _reason(exc), {"param_count": param_count(config.model)})
     metrics = summary_metrics(result)
-    if result.outcome == "failed":
-        close(TrialState.FAIL, result.reason, metrics)
-        raise TrialFailed(result.reason)
-    if result.outcome == "stopped":
-        close(TrialState.PRUNED, result.reason, metrics)
-        raise optuna.TrialPruned(result.reason)
-    close(TrialState.COMPLETE, None, metrics)
-    values = [metrics[m] for m in spec.objective_metrics]
-    return values if spec.multi_objective else values[0]
+    state = {"completed": TrialState.COMPLETE, "stopped": TrialState.PRUNED, "failed": TrialState.FAIL}[result.outcome]
+    values = [metrics[m] for m in spec.objective_metrics] if state == TrialState.COMPLETE else None
+    return Outcome(state, result.reason, metrics, values)
+
+
+def _close(ctx: SweepContext, trial: optuna.Trial, run_id: str | None, outcome: Outcome) -> None:
+    """Record the outcome on the trial, and end its MLflow run (if it has one) with the matching status."""
+    for key, value in outcome.metrics.items():
+        trial.set_user_attr(key, value)
+    trial.set_user_attr("reason", outcome.reason)
+    if run_id is None:
+        return
+    ctx.tracker.log_metrics(run_id, outcome.metrics)
+    ctx.tracker.set_tags(run_id, {"optuna.state": outcome.state.name, "reason": outcome.reason or ""})
+    ctx.tracker.end_run(run_id, RUN_STATUS[outcome.state])
 
 
 def describe(trial: FrozenTrial) -> str:
@@ -212,58 +230,51 @@ def print_line(line: str) -> None:
     sys.stdout.flush()
 
 
-def recover(study: optuna.Study, tracker: Tracker, write: Callable[[str], None]) -> None:
-    """Close the trials of workers that died (kill -9, out of memory, a lost machine); each config is retried once."""
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        reason = stale_reason(trial)
-        if reason is None or not fail_stale(study, trial, reason):
-            continue
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        if run_id:
-            tracker.set_tags(run_id, {"optuna.state": TrialState.FAIL.name, "reason": reason})
-            tracker.end_run(run_id, "FAILED")
-        retried = "its configuration is queued again" if trial.params and "retry_of" not in trial.user_attrs else "not retried again"
-        write(f"trial {trial.number:4d} FAIL     ({reason}; {retried})")
-
-
-def run_one(study: optuna.Study, ctx: SweepContext, trial: optuna.Trial) -> FrozenTrial:
-    """Train one asked trial and tell Optuna how it ended; Ctrl-C and SIGTERM leave it FAIL, never RUNNING."""
-    try:
-        value = objective(ctx, trial)
-    except optuna.TrialPruned:
-        return study.tell(trial, state=TrialState.PRUNED)
-    except TrialFailed:
-        return study.tell(trial, state=TrialState.FAIL)
-    except BaseException:
-        study.tell(trial, state=TrialState.FAIL)
-        raise
-    return study.tell(trial, value)
+def _why_stop(study: optuna.Study, ctx: SweepContext, failures: int, skips: int) -> str | None:
+    """Why no further trial should be asked for, if there is a reason."""
+    if failures >= MAX_CONSECUTIVE_FAILURES:
+        return f"the last {failures} trials failed; see their reasons above"
+    if skips >= MAX_CONSECUTIVE_SKIPS:
+        return (f"the last {skips} configurations could not fit their budget (see above); "
+                "raise budget.trial_seconds or --timeout, or narrow the search space")
+    if ctx.deadline is None:
+        return None
+    left = ctx.deadline - time.time()
+    if left <= 0:
+        return "the sweep budget is spent"
+    quickest = quickest_epoch(study)
+    if quickest is not None and left < quickest:
+        return f"{left:.1f} s of the sweep budget left, less than the quickest first epoch so far ({quickest:.1f} s)"
+    return None
 
 
 def run_trials(
     study: optuna.Study, ctx: SweepContext, trials: int, write: Callable[[str], None] = print_line, progress: bool = True
 ) -> int:
-    """Run trials until exactly `trials` have finished in the study (all workers together) or time is up.
+    """Run trials until `trials` have trained in the study (all workers together), or nothing more can.
 
-    A trial starts only while finished + running trials fall short of `trials`, so parallel workers
-    never overshoot; a worker with no free slot waits, since a running trial may still fail.
+    A trial starts only while trained + running trials fall short of `trials`, so parallel workers
+    never overshoot; a worker with no free slot waits, since a running trial may still fail. Asking
+    stops when the sweep budget left is shorter than any first epoch seen, or after
+    MAX_CONSECUTIVE_SKIPS trials in a row could not fit (or MAX_CONSECUTIVE_FAILURES failed).
     """
     # Everything alive now (modules, TensorFlow, MLflow, the data) lives as long as the sweep: keep it out
     # of the garbage collector's sight, so each trial's collection walks only what trials create
-    # (0.6 s -> a few ms a trial here; bench/results/README.md). Collect first: frozen garbage stays.
+    # (bench/results/README.md). Collect first: frozen garbage stays.
     gc.collect()
     gc.freeze()
-    failures = 0
+    failures = skips = 0
     with tqdm(total=trials, initial=count_finished(study), desc=study.study_name, unit="trial", dynamic_ncols=True, disable=not progress) as bar:
         while True:
             check_stop()
             recover(study, ctx.tracker, write)
             bar.n = count_finished(study)
             bar.refresh()
-            if bar.n >= trials or (ctx.deadline is not None and time.time() >= ctx.deadline):
+            if bar.n >= trials:
                 break
-            if failures >= MAX_CONSECUTIVE_FAILURES:
-                write(f"stopping: the last {failures} trials failed; see their reasons above")
+            why = _why_stop(study, ctx, failures, skips)
+            if why:
+                write(f"stopping: {why}")
                 break
             if count_busy(study) >= trials:
                 time.sleep(POLL_SECONDS)
@@ -273,9 +284,10 @@ def run_trials(
                 release(study, trial)
                 time.sleep(POLL_SECONDS)
                 continue
-            frozen = run_one(study, ctx, trial)
+            frozen = run_trial(study, ctx, trial)
             write(describe(frozen))
             failures = failures + 1 if frozen.state == TrialState.FAIL else 0
+            skips = skips + 1 if frozen.state == TrialState.PRUNED and not trained(frozen) else 0
     return count_finished(study)
 
 

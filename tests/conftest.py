@@ -27,9 +27,10 @@ def splits(idx_dir):
 
 
 @pytest.fixture(autouse=True)
-def _no_ambient_data_dir(monkeypatch):
-    """A developer's own MNIST_DATA_DIR must not leak into tests."""
-    monkeypatch.delenv("MNIST_DATA_DIR", raising=False)
+def _no_ambient_settings(monkeypatch):
+    """A developer's own data dir, storage or tracking server must not leak into tests."""
+    for name in ("MNIST_DATA_DIR", "SWEEP_STORAGE", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture

@@ -1,10 +1,14 @@
-"""A tiny study file, a sweep as a real process, and checks on what it stored in Optuna and MLflow."""
+"""A tiny study file, a sweep as a real process, and checks on what it stored in Optuna and MLflow.
+
+Plain helpers (no pytest): `bench/reliability.py` injects its faults with them too.
+"""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -13,7 +17,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from sweep.oracle import FINISHED
+from sweep.oracle import FINISHED, trained
 from sweep.tracking import default_tracking_uri
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +55,41 @@ def runs(store: Path, experiment: str = "tiny"):
     return client, client.search_runs([experiment_id], max_results=1000)
 
 
+def finished(store: Path, name: str = "tiny") -> dict[int, tuple]:
+    """Finished trials' values by number; empty while nothing is stored yet."""
+    try:
+        study = load(store, name)
+    except Exception:  # the journal is not written yet
+        return {}
+    return {t.number: tuple(t.values or ()) for t in study.get_trials(states=FINISHED)}
+
+
+def training_trial(store: Path, after: int = 0, not_pid: int | None = None, name: str = "tiny"):
+    """A trial that is training now (its MLflow run is open), once `after` trials have finished."""
+    if len(finished(store, name)) < after:
+        return None
+    running = [t for t in load(store, name).get_trials(states=(TrialState.RUNNING,)) if "mlflow_run_id" in t.user_attrs]
+    return next((t for t in running if t.user_attrs["pid"] != not_pid), None)
+
+
+def wait_for(condition, process: subprocess.Popen | None = None, seconds: float = 240):
+    """Poll `condition()` until it returns something truthy; fail if `process` ends first or time runs out."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            found = condition()
+        except Exception:  # the store is not written yet
+            found = None
+        if found:
+            return found
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the sweep ended before the fault was injected:\n{process.stdout.read()[-3000:]}")
+        time.sleep(0.2)
+    if process is not None:
+        process.kill()
+    raise AssertionError(f"timed out after {seconds} s waiting for the sweep")
+
+
 def sweep_process(*argv, **options) -> subprocess.Popen:
     """`python -m sweep ARGV` as a real child process, output captured as text."""
     return subprocess.Popen(
@@ -61,14 +100,14 @@ def sweep_process(*argv, **options) -> subprocess.Popen:
 
 
 def check_consistent(study: optuna.Study, all_runs, finished: int) -> None:
-    """Exactly `finished` trials finished, numbers unique, one parent run, and nothing left RUNNING."""
+    """Exactly `finished` trials trained, numbers unique, one parent run, and nothing left RUNNING."""
     numbers = [t.number for t in study.trials]
     assert len(set(numbers)) == len(numbers)
-    assert len(study.get_trials(states=FINISHED)) == finished
+    assert sum(map(trained, study.trials)) == finished
     assert not study.get_trials(states=(TrialState.RUNNING,))
     by_id = {r.info.run_id: r for r in all_runs}
     assert not [r for r in all_runs if r.info.status == "RUNNING"]
     assert sum("mlflow.parentRunId" not in r.data.tags for r in all_runs) == 1
-    for trial in study.get_trials(states=FINISHED):
+    for trial in filter(trained, study.trials):
         expected = "FINISHED" if trial.state == TrialState.COMPLETE else "KILLED"
         assert by_id[trial.user_attrs["mlflow_run_id"]].info.status == expected

@@ -138,3 +138,38 @@ def test_predict_without_model_or_with_a_bad_image(capsys, tmp_path):
 def test_help_exits_zero(capsys):
     assert main(["--help"]) == 0
     assert "run" in capsys.readouterr().out
+
+
+def test_passwords_are_masked_in_errors(capsys, tmp_path):
+    storage = "postgresql://sweep:s3cr3t-pw@127.0.0.1:1/db"
+    code, err = run(capsys, "run", "--store", tmp_path, "--storage", storage)
+    assert code == 2
+    assert_one_line(err, "cannot open storage postgresql://sweep:***@127.0.0.1:1/db")
+    assert "s3cr3t-pw" not in err
+
+
+def test_storage_can_come_from_the_environment(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("SWEEP_STORAGE", "postgresql://sweep:s3cr3t-pw@127.0.0.1:1/db")
+    code, err = run(capsys, "report", "--store", tmp_path)
+    assert code == 2
+    assert_one_line(err, "postgresql://sweep:***@127.0.0.1:1/db")
+    assert "s3cr3t-pw" not in err
+
+
+def test_a_missing_database_driver_names_the_extra(capsys, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if psycopg were not installed
+    code, err = run(capsys, "run", "--store", tmp_path, "--storage", "postgresql://sweep@127.0.0.1:1/db")
+    assert code == 2
+    assert_one_line(err, "driver is not installed", "mnist-sweep[distributed]")
+
+
+def test_redact_masks_every_copy_of_a_password():
+    from sweep.credentials import mask_url, redact
+
+    url = "postgresql://sweep:pa%40ss@db.example:5432/optuna"
+    assert mask_url(url) == "postgresql://sweep:***@db.example:5432/optuna"
+    assert mask_url("postgresql://sweep@db/optuna") == "postgresql://sweep@db/optuna"
+    message = f"cannot reach {url} (password pa%40ss rejected)"
+    assert redact(message, url, None) == "cannot reach postgresql://sweep:***@db.example:5432/optuna (password *** rejected)"

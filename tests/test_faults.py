@@ -12,7 +12,6 @@ import os
 import resource
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -20,36 +19,10 @@ from optuna.trial import TrialState
 
 from sweep.cli import main
 from sweep.oracle import FINISHED
-from tests.stores import TINY, check_consistent, load, runs, sweep_process
+from tests.stores import TINY, check_consistent, load, runs, sweep_process, training_trial, wait_for
 
 # Trials of a few seconds each, so a signal can land while one trains.
 SLOW = TINY.replace("epochs = { low = 1, high = 2 }", "epochs = { low = 150, high = 160 }")
-
-
-def wait_for(condition, process: subprocess.Popen, seconds: float = 240):
-    """Poll `condition()` until it returns something truthy; fail if the process ends first."""
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        try:
-            found = condition()
-        except Exception:  # the store is not written yet
-            found = None
-        if found:
-            return found
-        if process.poll() is not None:
-            pytest.fail(f"the sweep ended before the fault was injected:\n{process.stdout.read()}")
-        time.sleep(0.2)
-    process.kill()
-    pytest.fail("timed out waiting for the sweep")
-
-
-def training_trial(store: Path, after: int = 0, not_pid: int | None = None):
-    """A trial that is training now (its MLflow run is open), once `after` trials have finished."""
-    study = load(store)
-    if len(study.get_trials(states=FINISHED)) < after:
-        return None
-    running = [t for t in study.get_trials(states=(TrialState.RUNNING,)) if "mlflow_run_id" in t.user_attrs]
-    return next((t for t in running if t.user_attrs["pid"] != not_pid), None)
 
 
 def assert_consistent(store: Path, finished: int) -> None:
@@ -121,8 +94,9 @@ def test_four_independent_processes_finish_exactly_the_requested_total(tmp_path,
         assert process.returncode == 0, out
         assert "database is locked" not in out
     assert_consistent(store, finished=6)
-    ran_in = {t.user_attrs["pid"] for t in load(store).get_trials(states=FINISHED)}
-    assert len(ran_in) >= 2  # the work was shared, not done by one process while the others waited
+    done = load(store).get_trials(states=FINISHED)
+    assert len({t.user_attrs["pid"] for t in done}) >= 2  # the work was shared, not done by one process while the others waited
+    assert len({tuple(sorted(t.params.items())) for t in done}) == len(done)  # and each process explored its own points
 
 
 def test_a_killed_worker_is_replaced_and_its_trial_retried(tmp_path, idx_dir, slow_study):

@@ -38,13 +38,22 @@ def test_same_seed_same_metrics_other_seed_differs(splits):
 
 @pytest.fixture
 def fake_clock(monkeypatch):
-    """perf_counter advancing 10 ms per call, so budget decisions do not depend on machine speed."""
-    ticks = itertools.count()
-    monkeypatch.setattr(train_module, "clock", lambda: next(ticks) * 0.01)
+    """A clock that advances 10 ms per training batch (whoever reads it, however often), so budget
+    decisions depend on batches trained, not on machine speed."""
+    batches = itertools.count()
+    now = [0.0]
+    real_batch_end = train_module._Monitor.on_train_batch_end
+
+    def batch_end(self, batch, logs=None):
+        now[0] = next(batches) * 0.01 + 0.01
+        return real_batch_end(self, batch, logs)
+
+    monkeypatch.setattr(train_module._Monitor, "on_train_batch_end", batch_end)
+    monkeypatch.setattr(train_module, "clock", lambda: now[0])
 
 
 def test_hopeless_run_is_stopped_early_as_over_budget(splits, fake_clock):
-    # 17 steps x 10 epochs at 10 ms per step projects ~1.7 s against a 0.5 s budget.
+    # 17 steps x 10 epochs at 10 ms per step projects 1.7 s against a 0.5 s budget.
     config = TrainConfig(SMALL.model, epochs=10, batch_size=32)
     result = train(config, splits, Budget(seconds=0.5))
     assert result.outcome == "stopped" and result.reason.startswith("over_budget")
@@ -53,12 +62,12 @@ def test_hopeless_run_is_stopped_early_as_over_budget(splits, fake_clock):
 
 
 def test_run_that_nearly_fits_is_stopped_at_its_deadline(splits, fake_clock):
-    # Projection ~1.7 s is within 1.5 x the 1.5 s budget, so it trains until the deadline.
+    # Projection 1.7 s is within 1.5 x the 1.5 s budget, so it trains until the deadline: batch 150.
     config = TrainConfig(SMALL.model, epochs=10, batch_size=32)
     result = train(config, splits, Budget(seconds=1.5))
-    assert result.outcome == "stopped" and result.reason.startswith("budget")
-    assert result.epochs[-1].partial and len(result.epochs) < 10
-    assert sum(e.examples for e in result.epochs) < 10 * 540
+    assert result.outcome == "stopped" and result.reason == "budget: 1.5 s spent at step 150/170"
+    assert result.epochs[-1].partial and len(result.epochs) == 9  # 8 full epochs of 17 batches, then 14 batches
+    assert [e.examples for e in result.epochs] == [540] * 8 + [14 * 32]
 
 
 def test_nan_loss_fails_with_reason(splits):
@@ -79,9 +88,14 @@ def test_hook_can_stop_training(splits):
     assert seen == [1, 2] and result.outcome == "stopped" and result.reason == "pruned at epoch 2"
 
 
-def test_keep_model_returns_a_trained_model(splits):
+def test_keep_model_returns_the_trained_model(splits):
+    from mnist_core.data import make_dataset
+
     result = train(SMALL, splits, keep_model=True)
-    assert isinstance(result.model, keras.Model)
+    loss, accuracy = result.model.evaluate(make_dataset(splits.val, 32), verbose=0)
+    last = result.epochs[-1]
+    assert accuracy == pytest.approx(last.val_accuracy) and loss == pytest.approx(last.val_loss, rel=1e-5)
+    assert accuracy > 0.5
 
 
 def _live_models():

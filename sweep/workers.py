@@ -1,0 +1,154 @@
+"""Workers: which process runs which trial, recovery from workers that died, and `--workers N` processes.
+
+A RUNNING trial proves it is alive by its worker's process id (same host) or by a heartbeat (any host).
+Before each trial a worker closes the trials of workers that are gone and queues their configuration
+once more; a supervisor replaces a worker process killed by a signal (kill -9, the out-of-memory killer).
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Callable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from sweep.processes import interruptible
+from sweep.tracking import Tracker
+
+HEARTBEAT_SECONDS = 20.0
+STALE_SECONDS = 6 * HEARTBEAT_SECONDS
+HOST = socket.gethostname()
+
+
+def own(trial: optuna.Trial) -> None:
+    """Record which process runs `trial`, so a restart can tell a live trial from a dead one."""
+    trial.set_user_attr("host", HOST)
+    trial.set_user_attr("pid", os.getpid())
+    trial.set_user_attr("heartbeat", time.time())
+
+
+class Heartbeat:
+    """While a trial trains, refresh its `heartbeat` attribute: how workers on other machines see it alive."""
+
+    def __init__(self, trial: optuna.Trial, interval: float = HEARTBEAT_SECONDS):
+        self._trial, self._interval = trial, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{trial.number}", daemon=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._trial.set_user_attr("heartbeat", time.time())
+            except Exception:  # the storage is briefly unreachable: the next beat tries again
+                pass
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def stale_reason(trial: FrozenTrial, now: float | None = None) -> str | None:
+    """Why a RUNNING trial's worker is gone (its process died, or its heartbeat stopped), else None."""
+    attrs = trial.user_attrs
+    if attrs.get("host") == HOST and attrs.get("pid") is not None:
+        if attrs["pid"] == os.getpid():  # only called between trials: this process runs none now
+            return "abandoned by an earlier sweep in this process"
+        if not _pid_alive(attrs["pid"]):
+            return f"worker died: process {attrs['pid']} on {HOST} is gone"
+    last = attrs.get("heartbeat") or (trial.datetime_start.timestamp() if trial.datetime_start else None)
+    silent = (now or time.time()) - last if last else 0.0
+    if silent > STALE_SECONDS:
+        return f"worker died: no heartbeat from {attrs.get('host', 'its host')} for {silent:.0f} s"
+    return None
+
+
+def fail_stale(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
+    """Mark a dead worker's trial FAIL and queue its configuration once more; False if another worker did."""
+    storage = study._storage
+    try:
+        storage.set_trial_user_attr(trial._trial_id, "reason", reason)
+        if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+            return False
+    except (optuna.exceptions.UpdateFinishedTrialError, KeyError):
+        return False
+    if trial.params and "retry_of" not in trial.user_attrs:
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+    return True
+
+
+def recover(study: optuna.Study, tracker: Tracker, write: Callable[[str], None]) -> None:
+    """Close the trials of workers that died (kill -9, out of memory, a lost machine); each config is retried once."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        reason = stale_reason(trial)
+        if reason is None or not fail_stale(study, trial, reason):
+            continue
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            tracker.set_tags(run_id, {"optuna.state": TrialState.FAIL.name, "reason": reason})
+            tracker.end_run(run_id, "FAILED")
+        retried = "its configuration is queued again" if trial.params and "retry_of" not in trial.user_attrs else "not retried again"
+        write(f"trial {trial.number:4d} FAIL     ({reason}; {retried})")
+
+
+def _worker_main(work: Callable[[int], object], number: int) -> None:
+    try:
+        with interruptible():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which sends SIGTERM
+            work(number)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def supervise(work: Callable[[int], object], count: int, work_left: Callable[[], bool], bound: int) -> None:
+    """Run `work(number)` in `count` spawned processes; one killed by a signal is replaced while `work_left()`.
+
+    `work` must pickle (a module-level function or a partial of one). At most `bound` replacements, in
+    case every worker dies at start. Interrupted, each worker gets SIGTERM, closes its trial and exits.
+    """
+    context = multiprocessing.get_context("spawn")
+    workers: dict[int, multiprocessing.Process] = {}
+
+    def start(number: int) -> None:
+        workers[number] = context.Process(target=functools.partial(_worker_main, work, number))
+        workers[number].start()
+
+    for number in range(count):
+        start(number)
+    try:
+        while workers:
+            for number, process in list(workers.items()):
+                process.join(timeout=0.5)
+                if process.exitcode is None:
+                    continue
+                del workers[number]
+                if process.exitcode < 0 and bound > 0 and work_left():
+                    bound -= 1
+                    print(f"[worker {number}] killed by {signal.Signals(-process.exitcode).name}; starting a new worker", flush=True)
+                    start(number)
+    finally:
+        for process in workers.values():
+            process.terminate()
+        for process in workers.values():
+            process.join()

@@ -29,30 +29,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from the project root: the tests' helpers are importable
 
 from sweep.oracle import FINISHED  # noqa: E402
-from tests.stores import finished, load, runs, sweep_process, training_trial, wait_for  # noqa: E402
+from tests.stores import TINY, finished, load, runs, sweep_process, training_trial, wait_for  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 NAME = "faults"
-STUDY = """
-[study]
-name = "faults"
-objectives = ["val_accuracy", "train_seconds"]
-seed = 0
-
-[budget]
-trial_seconds = 120
-
-[scientific]
-depth = { low = 1, high = 2 }
-width = { low = 32, high = 256, log = true }
-epochs = { low = 1, high = 3 }
-
-[nuisance]
-learning_rate = { low = 3e-4, high = 3e-3, log = true }
-
-[fixed]
-batch_size = 256
-"""
+# The tests' tiny study, sized for real MNIST.
+STUDY = (
+    TINY.replace('name = "tiny"', f'name = "{NAME}"')
+    .replace("width = { low = 8, high = 32, log = true }", "width = { low = 32, high = 256, log = true }")
+    .replace("epochs = { low = 1, high = 2 }", "epochs = { low = 1, high = 3 }")
+    .replace("learning_rate = { low = 1e-3, high = 1e-2, log = true }", "learning_rate = { low = 3e-4, high = 3e-3, log = true }")
+    .replace("batch_size = 64", "batch_size = 256")
+)
 
 
 class Store:

@@ -144,7 +144,7 @@ def _sweep_worker(args: argparse.Namespace, trials: int, deadline: float | None,
 
     spec, study = _open(args, create=True)
     tracker = _tracker(args, study)
-    context = SweepContext(spec, _load_data(args, spec)[1], tracker, parent_run(study, tracker, spec), deadline)
+    context = SweepContext(spec, _load_data(args, spec)[1], tracker, parent_run(study, tracker, spec), deadline, _report_dir(args))
     return run_trials(study, context, trials, write=lambda line: print(f"[worker {worker}] {line}", flush=True), progress=False)
 
 
@@ -184,7 +184,7 @@ class Run(Command):
         status = "FAILED"
         try:
             if args.workers == 1:
-                done = tuner.run_trials(study, tuner.SweepContext(spec, splits, tracker, parent, deadline), trials)
+                done = tuner.run_trials(study, tuner.SweepContext(spec, splits, tracker, parent, deadline, _report_dir(args)), trials)
             else:
                 del splits  # each worker process loads its own copy
                 workers.supervise(
@@ -199,17 +199,12 @@ class Run(Command):
             raise
         finally:
             tracker.end_run(parent, status)
-        _write_report(args, study, tracker)
         print(f"{done}/{trials} trials trained. See `python -m sweep report` and `python -m sweep ui`.")
         return 0
 
 
-def _write_report(args: argparse.Namespace, study, tracker):
-    from sweep.report import write_report
-
-    if not study.trials:
-        raise CommandError(f"study {study.study_name!r} has no trials yet")
-    return write_report(study, (getattr(args, "out", None) or args.store / "reports") / study.study_name, tracker)
+def _report_dir(args: argparse.Namespace) -> Path:
+    return getattr(args, "out", None) or args.store / "reports"
 
 
 class Report(Command):
@@ -220,10 +215,12 @@ class Report(Command):
         parser.add_argument("--out", type=Path, help="folder for trials.csv and tradeoff.png (default: STORE/reports)")
 
     def take_action(self, args):
-        from sweep.report import table
+        from sweep.report import table, write_report
 
         _, study = _open(args, create=False)
-        frame, csv_path, chart = _write_report(args, study, _tracker(args, study))
+        if not study.trials:
+            raise CommandError(f"study {study.study_name!r} has no trials yet")
+        frame, csv_path, chart = write_report(study, _report_dir(args) / study.study_name, _tracker(args, study))
         print(table(frame))
         print(f"\nwrote {csv_path} and {chart} (Pareto set: pareto=True)")
         return 0
@@ -240,7 +237,7 @@ class Best(Command):
                             help="where to save the .keras file (default: STORE/models/STUDY.keras, or STUDY-under-Ts.keras with --max-train-seconds T)")
 
     def take_action(self, args):
-        from sweep.best import log_best, model_name, retrain, select_trial
+        from sweep.best import log_best, model_name, retrain, select_trial, selection_rule
 
         spec, study = _open(args, create=False)
         trial = select_trial(study, args.max_train_seconds)
@@ -250,7 +247,8 @@ class Best(Command):
         result = retrain(spec, trial, splits)
         model_path = args.model or args.store / "models" / model_name(study.study_name, args.max_train_seconds)
         tracker = _tracker(args, study)
-        test = log_best(tracker, _tracking_uri(args), study, trial, result, splits, source, model_path)
+        test = log_best(tracker, _tracking_uri(args), study, trial, result, splits, source, model_path,
+                        selection_rule(args.max_train_seconds))
         print(f"trial {trial.number}: val accuracy {result.best_epoch.val_accuracy:.4f} "
               f"(sweep: {trial.user_attrs['best_val_accuracy']:.4f}), test accuracy {test['test_accuracy']:.4f}, "
               f"test loss {test['test_loss']:.4f}, trained in {result.seconds:.1f} s")
@@ -289,19 +287,53 @@ class Predict(Command):
 
 
 class Ui(Command):
-    help = "start the MLflow UI on this project's store"
+    help = "start the MLflow UI on this project's store, on the study's runs"
 
     def add_arguments(self, parser):
         parser.add_argument("--store", type=Path, default=DEFAULT_STORE)
+        parser.add_argument("--name", help="study whose runs to open (default: the default study's name)")
         _add_tracking_argument(parser)
         parser.add_argument("--port", type=POSITIVE_INT, default=5000)
 
     def take_action(self, args):
         from sweep.processes import serve
+        from sweep.tracking import study_url
 
+        if args.tracking_uri is None:
+            _prepare_store(args.store)  # MLflow's SQLite file goes there
         uri = _tracking_uri(args)
-        print(f"MLflow UI on http://127.0.0.1:{args.port} for {mask_url(uri)} (Ctrl-C to stop)", flush=True)
+        link = study_url(uri, args.name or load_study(DEFAULT_STUDY).name, f"http://127.0.0.1:{args.port}")
+        print(f"MLflow UI for {mask_url(uri)}: open {link} (Ctrl-C to stop)", flush=True)
         return serve([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--port", str(args.port)])
+
+
+class Dashboard(Command):
+    help = "start optuna-dashboard on the study storage (needs the dashboard extra)"
+
+    def add_arguments(self, parser):
+        parser.add_argument("--store", type=Path, default=DEFAULT_STORE)
+        parser.add_argument("--storage", default=os.environ.get(STORAGE_ENV),
+                            help=f"Optuna storage (default: ${STORAGE_ENV}, else STORE/optuna.journal)")
+        parser.add_argument("--port", type=POSITIVE_INT, default=8080)
+
+    def take_action(self, args):
+        from sweep import oracle
+        from sweep.processes import interruptible
+
+        try:
+            import optuna_dashboard
+        except ImportError:
+            raise CommandError("optuna-dashboard is not installed; install it with pip install 'mnist-sweep[dashboard]' "
+                               "(from a checkout: pip install -e '.[dashboard]')") from None
+
+        storage = oracle.open_storage(args.storage, args.store)
+        print(f"optuna-dashboard on http://127.0.0.1:{args.port}/dashboard (Ctrl-C to stop)", flush=True)
+        with interruptible():  # served in this process: stopping it leaves nothing behind
+            try:
+                optuna_dashboard.run_server(storage, host="127.0.0.1", port=args.port)
+            except KeyboardInterrupt:
+                return 130
+        return 0
 
 
 STORE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
@@ -320,7 +352,9 @@ def store_failure(exc: BaseException) -> str | None:
     return None
 
 
-COMMANDS: dict[str, type[Command]] = {"run": Run, "report": Report, "best": Best, "predict": Predict, "ui": Ui}
+COMMANDS: dict[str, type[Command]] = {
+    "run": Run, "report": Report, "best": Best, "predict": Predict, "ui": Ui, "dashboard": Dashboard,
+}
 USER_ERRORS = (CommandError, StudyFileError, DataError)
 
 

@@ -9,8 +9,8 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from sweep.tracking import PARENT_ATTR, Tracker
-from sweep.tuner import SUMMARY_METRICS
+from sweep.oracle import trained
+from sweep.tracking import PARENT_ATTR, SUMMARY_METRICS, Tracker
 
 # Columns the printed table leaves to the CSV.
 CSV_ONLY = ("reason", "mlflow_run_id", "best_val_loss", "warmup_seconds", "seconds_per_epoch", "examples_per_second")
@@ -26,6 +26,39 @@ def pareto_mask(accuracy: np.ndarray, seconds: np.ndarray) -> np.ndarray:
         better = (accuracy[valid] > accuracy[i]) | (seconds[valid] < seconds[i])
         on_front[i] = not np.any(no_worse & better)
     return on_front
+
+
+def hypervolume(accuracy: np.ndarray, seconds: np.ndarray, max_seconds: float) -> float:
+    """Area dominated by the (accuracy, seconds) points within the reference point (accuracy 0, `max_seconds`).
+
+    One number for a whole front that grows when any point moves up (more accurate) or left (faster).
+    """
+    accuracy, seconds = np.asarray(accuracy, float), np.asarray(seconds, float)
+    inside = pareto_mask(accuracy, seconds) & (seconds < max_seconds) & (accuracy > 0)
+    area, below = 0.0, 0.0
+    for a, s in sorted(zip(accuracy[inside], seconds[inside])):  # along the front: slower as it gets more accurate
+        area += (a - below) * (max_seconds - s)
+        below = a
+    return area
+
+
+def progress(study: optuna.Study, max_seconds: float) -> dict[str, float]:
+    """How a study stands: best score so far, trials by outcome, the accuracy-vs-time front and its cost."""
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("best_val_accuracy") is not None]
+    accuracy = np.array([t.user_attrs["best_val_accuracy"] for t in complete])
+    seconds = np.array([t.user_attrs["train_seconds"] for t in complete])
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    return {
+        "best_val_accuracy": float(accuracy.max()) if len(complete) else None,
+        "trials_complete": len(complete),
+        "trials_pruned": sum(map(trained, pruned)),
+        "trials_skipped": sum(not trained(t) for t in pruned),
+        "trials_failed": sum(t.state == TrialState.FAIL for t in trials),
+        "front_size": int(pareto_mask(accuracy, seconds).sum()),
+        "hypervolume": hypervolume(accuracy, seconds, max_seconds),
+        "total_train_seconds": sum(t.user_attrs.get("train_seconds") or 0.0 for t in trials),
+    }
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:

@@ -11,6 +11,7 @@ import dataclasses
 import fcntl
 import functools
 import importlib.metadata
+import json
 import logging
 import os
 import platform
@@ -19,17 +20,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from mnist_core.trainer import EpochStats, TrainConfig
+from mnist_core.data import Splits
+from mnist_core.trainer import EpochStats, TrainConfig, TrainResult
 from sweep.credentials import TRACKING_ENV
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("keras", "tensorflow", "tensorflow-datasets", "optuna", "mlflow", "numpy", "pandas")
 PARENT_ATTR = "mlflow_parent_run_id"
+# MLflow 3's UI shows an experiment of this kind as model training (runs, metrics, charts), not GenAI.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# The runs table a study opens on (`sweep ui` links to it): MLflow's shared view state, an experiment tag.
+VIEW_KEY = "sweep"
+VIEW_COLUMNS = ("best_val_accuracy", "train_seconds", "param_count", "best_epoch", "epochs_run")
 
 for _noisy in ("alembic", "mlflow"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
@@ -48,6 +55,17 @@ def _schema_lock(tracking_uri: str):
     with open(tracking_uri.removeprefix("sqlite:///") + ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+def study_url(tracking_uri: str, study_name: str, server: str) -> str:
+    """Where the MLflow UI at `server` shows the study's runs (its front page if the study has none yet)."""
+    with _schema_lock(tracking_uri):
+        experiment = MlflowClient(tracking_uri).get_experiment_by_name(study_name)
+    if experiment is None:
+        return server
+    view = f"&viewStateShareKey={VIEW_KEY}" if f"mlflow.sharedViewState.{VIEW_KEY}" in experiment.tags else ""
+    # MLflow 3 starts in its GenAI mode; workflowType picks the model-training one for this page.
+    return f"{server}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning{view}"
 
 
 @contextlib.contextmanager
@@ -101,6 +119,36 @@ def manifest(seed: int, data_source: str, data_checksum: str, **extra: Any) -> d
     }
 
 
+SUMMARY_METRICS = (
+    "best_val_accuracy",
+    "best_val_loss",
+    "best_epoch",
+    "epochs_run",
+    "train_seconds",
+    "warmup_seconds",
+    "seconds_per_epoch",
+    "examples_per_second",
+    "param_count",
+)
+
+
+def summary_metrics(result: TrainResult) -> dict[str, float | None]:
+    """A trial's score (its best validation epoch) and costs: what the report and MLflow show."""
+    best = result.best_epoch
+    values = (
+        best.val_accuracy if best else None,
+        best.val_loss if best else None,
+        best.epoch if best else None,
+        len(result.epochs),
+        result.seconds,
+        result.warmup_seconds,
+        result.seconds_per_epoch,
+        result.examples_per_second,
+        result.param_count,
+    )
+    return dict(zip(SUMMARY_METRICS, values, strict=True))
+
+
 def config_params(config: TrainConfig) -> dict[str, Any]:
     """A training config flattened to MLflow params."""
     params = dataclasses.asdict(config.model)
@@ -125,6 +173,25 @@ class Tracker:
                 self.experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
         else:
             self.experiment_id = found.experiment_id
+
+    def describe(self, parent_run_id: str, param_names: list[str]) -> None:
+        """Open the experiment in MLflow's model-training view, on the study's runs: the parent expanded,
+        best first, with the score, its cost and the searched params as columns."""
+        columns = [f"metrics.`{m}`" for m in VIEW_COLUMNS] + [f"params.`{p}`" for p in param_names]
+        view = {
+            # search facets
+            "searchFilter": "", "orderByKey": "metrics.`best_val_accuracy`", "orderByAsc": False, "startTime": "ALL",
+            "lifecycleFilter": "Active", "modelVersionFilter": "All Runs", "datasetsFilter": [],
+            # UI state: MLflow replaces its own with this one whole, so every field is given
+            "selectedColumns": ["attributes.`Dataset`", *columns], "columnOrder": [], "columnWidths": {},
+            "runsExpanded": {parent_run_id: True}, "runsPinned": [], "runsHidden": [], "runsVisibilityMap": {},
+            "runsHiddenMode": "SHOW_ALL", "viewMaximized": False, "runListHidden": False, "isAccordionReordered": False,
+            "useGroupedValuesInCharts": True, "hideEmptyCharts": True, "groupBy": None, "groupsExpanded": {},
+            "autoRefreshEnabled": True, "globalLineChartConfig": {"xAxisKey": "step", "lineSmoothness": 0, "selectedXAxisMetricKey": ""},
+        }
+        tags = {**EXPERIMENT_KIND, f"mlflow.sharedViewState.{VIEW_KEY}": json.dumps(view)}
+        for key, value in tags.items():
+            self.client.set_experiment_tag(self.experiment_id, key, value)
 
     def start_run(self, name: str, parent_id: str | None = None, tags: dict[str, str] | None = None) -> str:
         all_tags = {MLFLOW_RUN_NAME: name, **(tags or {})}
@@ -160,11 +227,30 @@ class Tracker:
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    def log_dataset(self, run_id: str, splits: Splits) -> None:
+        """The data a run trained on, as an MLflow dataset input: the UI's Dataset column tells runs on other data apart."""
+        kind, _, where = splits.source.partition(":")
+        dataset = Dataset(
+            name="mnist", digest=splits.checksum[:12], source_type=kind, source=json.dumps({"uri": where}),
+            profile=json.dumps({"train_examples": len(splits.train), "validation_examples": len(splits.val),
+                                "data_checksum_sha256": splits.checksum}),
+        )
+        self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])])
+
     def log_dict(self, run_id: str, data: dict[str, Any], name: str) -> None:
         self.client.log_dict(run_id, data, name)
 
     def log_artifact(self, run_id: str, path: Path) -> None:
         self.client.log_artifact(run_id, str(path))
+
+    def run_link(self, run_id: str) -> str:
+        """A Markdown link to a run, relative to the MLflow UI (model version descriptions render it)."""
+        return f"[{run_id[:8]}](#/experiments/{self.experiment_id}/runs/{run_id})"
+
+    def describe_model_version(self, name: str, version: int | str, tags: dict[str, str], description: str) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, str(version), key, value)
+        self.client.update_model_version(name, str(version), description=description)
 
     def end_run(self, run_id: str, status: str) -> None:
         """status: FINISHED, FAILED or KILLED."""

@@ -13,6 +13,7 @@ import gc
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import optuna
@@ -21,11 +22,12 @@ from tqdm import tqdm
 
 from mnist_core.data import Splits
 from mnist_core.model import param_count
-from mnist_core.trainer import OVERRUN_FACTOR, Budget, EpochStats, TrainConfig, TrainResult, train
+from mnist_core.trainer import OVERRUN_FACTOR, Budget, EpochStats, TrainConfig, train
 from sweep.hypermodel import StudySpec
 from sweep.oracle import FINISHED, count_busy, count_finished, release, trained
 from sweep.processes import check_stop
-from sweep.tracking import PARENT_ATTR, Tracker, config_params, manifest
+from sweep.report import progress, write_report
+from sweep.tracking import PARENT_ATTR, Tracker, config_params, manifest, summary_metrics
 from sweep.workers import Heartbeat, own, recover
 
 # Stop a sweep whose last trials all failed: something is wrong beyond one configuration.
@@ -34,6 +36,8 @@ MAX_CONSECUTIVE_FAILURES = 5
 MAX_CONSECUTIVE_SKIPS = 10
 # How often a worker with no free slot looks again (another worker's trial may fail and free one).
 POLL_SECONDS = 2.0
+# The trade-off chart and CSV are refreshed at most this often while trials finish (each costs a plot), and at the end.
+CHART_SECONDS = 30.0
 # How long a worker that opened a new study's parent MLflow run waits to see if another one did too.
 PARENT_SETTLE_SECONDS = 0.5
 RUN_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
@@ -48,36 +52,7 @@ class SweepContext:
     tracker: Tracker
     parent_run_id: str
     deadline: float | None  # time.time() after which no trial may run; None: no sweep budget
-
-
-SUMMARY_METRICS = (
-    "best_val_accuracy",
-    "best_val_loss",
-    "best_epoch",
-    "epochs_run",
-    "train_seconds",
-    "warmup_seconds",
-    "seconds_per_epoch",
-    "examples_per_second",
-    "param_count",
-)
-
-
-def summary_metrics(result: TrainResult) -> dict[str, float | None]:
-    """A trial's score (its best validation epoch) and costs: what the report and MLflow show."""
-    best = result.best_epoch
-    values = (
-        best.val_accuracy if best else None,
-        best.val_loss if best else None,
-        best.epoch if best else None,
-        len(result.epochs),
-        result.seconds,
-        result.warmup_seconds,
-        result.seconds_per_epoch,
-        result.examples_per_second,
-        result.param_count,
-    )
-    return dict(zip(SUMMARY_METRICS, values, strict=True))
+    report_dir: Path  # where the trade-off chart and CSV are refreshed as trials finish
 
 
 def throughput(study: optuna.Study) -> float | None:
@@ -168,6 +143,7 @@ def _open_run(ctx: SweepContext, trial: optuna.Trial, config: TrainConfig) -> st
     run_id = ctx.tracker.start_run(f"trial-{trial.number}", ctx.parent_run_id, tags)
     trial.set_user_attr("mlflow_run_id", run_id)
     ctx.tracker.log_params(run_id, config_params(config))
+    ctx.tracker.log_dataset(run_id, ctx.splits)
     splits, spec = ctx.splits, ctx.spec
     ctx.tracker.log_dict(
         run_id,
@@ -264,6 +240,8 @@ def run_trials(
     gc.collect()
     gc.freeze()
     failures = skips = 0
+    charted = time.monotonic()
+    unreported = False  # trials finished since the chart and CSV were last written
     with tqdm(total=trials, initial=count_finished(study), desc=study.study_name, unit="trial", dynamic_ncols=True, disable=not progress) as bar:
         while True:
             check_stop()
@@ -288,6 +266,13 @@ def run_trials(
             write(describe(frozen))
             failures = failures + 1 if frozen.state == TrialState.FAIL else 0
             skips = skips + 1 if frozen.state == TrialState.PRUNED and not trained(frozen) else 0
+            report_progress(study, ctx)
+            unreported = True
+            if time.monotonic() - charted >= CHART_SECONDS:
+                write_report(study, ctx.report_dir / study.study_name, ctx.tracker)
+                unreported, charted = False, time.monotonic()
+    if unreported:  # the chart and CSV show every trial once the sweep ends
+        write_report(study, ctx.report_dir / study.study_name, ctx.tracker)
     return count_finished(study)
 
 
@@ -315,4 +300,12 @@ def parent_run(study: optuna.Study, tracker: Tracker, spec: StudySpec) -> str:
             "seed": spec.seed,
         },
     )
+    tracker.log_artifact(run_id, spec.path)
+    tracker.describe(run_id, [p.name for p in spec.params])
     return run_id
+
+
+def report_progress(study: optuna.Study, ctx: SweepContext) -> None:
+    """The parent run tells the story as trials finish: summary metrics stepped by trials finished."""
+    step = len(study.get_trials(deepcopy=False, states=FINISHED))
+    ctx.tracker.log_metrics(ctx.parent_run_id, progress(study, ctx.spec.trial_seconds), step=step)

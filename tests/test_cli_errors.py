@@ -173,3 +173,12 @@ def test_redact_masks_every_copy_of_a_password():
     assert mask_url("postgresql://sweep@db/optuna") == "postgresql://sweep@db/optuna"
     message = f"cannot reach {url} (password pa%40ss rejected)"
     assert redact(message, url, None) == "cannot reach postgresql://sweep:***@db.example:5432/optuna (password *** rejected)"
+
+
+def test_dashboard_without_its_extra_names_it(capsys, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "optuna_dashboard", None)  # as if optuna-dashboard were not installed
+    code, err = run(capsys, "dashboard", "--store", tmp_path)
+    assert code == 2
+    assert_one_line(err, "optuna-dashboard is not installed", "mnist-sweep[dashboard]")

@@ -11,7 +11,7 @@ from optuna.distributions import IntDistribution
 from optuna.trial import TrialState
 
 from sweep.best import SelectionError, model_name, select_trial
-from sweep.report import pareto_mask
+from sweep.report import hypervolume, pareto_mask
 
 
 def test_pareto_mask_on_a_known_front():
@@ -57,3 +57,12 @@ def test_each_selection_rule_has_its_own_model_file():
     assert model_name("tradeoff") == "tradeoff.keras"
     assert model_name("tradeoff", 5.0) == "tradeoff-under-5s.keras"
     assert model_name("tradeoff", 2.5) != model_name("tradeoff", 5.0) != model_name("tradeoff")
+
+
+def test_hypervolume_of_a_known_front():
+    accuracy = [0.90, 0.95, 0.97, 0.90, 0.99]
+    seconds = [1.0, 2.0, 10.0, 5.0, 25.0]
+    # Reference (accuracy 0, 20 s): 0.90 x 19 + 0.05 x 18 + 0.02 x 10; the dominated 0.90@5 and 0.99@25,
+    # past the reference, add nothing.
+    assert hypervolume(np.array(accuracy), np.array(seconds), 20.0) == pytest.approx(17.1 + 0.9 + 0.2)
+    assert hypervolume(np.array([]), np.array([]), 20.0) == 0.0

@@ -46,8 +46,21 @@ def test_four_trial_sweep_end_to_end(cli):
         manifest = json.loads(Path(client.download_artifacts(run.info.run_id, "manifest.json")).read_text())
         assert manifest["seed"] == trial.user_attrs["seed"] and manifest["data_source"].startswith("idx:")
         assert len(manifest["data_checksum_sha256"]) == 64 and manifest["packages"]["optuna"]
+        (dataset,) = run.inputs.dataset_inputs  # the data it trained on, for the UI's Dataset column
+        assert dataset.dataset.name == "mnist" and dataset.dataset.digest == manifest["data_checksum_sha256"][:12]
     parent_artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
-    assert {"tradeoff.png", "trials.csv"} <= parent_artifacts
+    assert {"tradeoff.png", "trials.csv", "tiny.toml"} <= parent_artifacts
+    # The parent tells the story trial by trial.
+    parent = parents[0].info.run_id
+    assert [m.value for m in client.get_metric_history(parent, "trials_complete")] == [1, 2, 3, 4]
+    assert [m.step for m in client.get_metric_history(parent, "front_size")] == [1, 2, 3, 4]
+    assert parents[0].data.metrics["best_val_accuracy"] == max(t.values[0] for t in trials)
+    assert parents[0].data.metrics["front_size"] == len(study.best_trials)
+    assert parents[0].data.metrics["hypervolume"] > 0
+    experiment = client.get_experiment_by_name("tiny")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(experiment.tags["mlflow.sharedViewState.sweep"])
+    assert view["runsExpanded"] == {parent: True} and "params.`depth`" in view["selectedColumns"]
 
 
 def test_resume_continues_to_the_requested_total(cli):
@@ -230,6 +243,10 @@ def test_best_retrains_tests_and_registers_the_model(cli):
     assert 0.5 < best_run.data.metrics["test_accuracy"] <= 1.0 and "test accuracy" in out  # ten shapes: chance is 0.1
     (version,) = client.search_model_versions("name='mnist-tiny'")
     assert version.run_id == best_run.info.run_id
+    trial_run = study.trials[chosen].user_attrs["mlflow_run_id"]  # the registered model links back to its trial
+    assert version.tags["trial_run_id"] == trial_run and trial_run in version.description
+    assert version.tags["test_accuracy"] == f"{best_run.data.metrics['test_accuracy']:.4f}"
+    assert version.tags["selection"].startswith("highest best-epoch validation accuracy") and "within" not in version.tags["selection"]
     most_accurate = cli.store / "models" / "tiny.keras"
     assert f"saved {most_accurate}" in out
     assert "MLFLOW_TRACKING_URI" not in os.environ  # logging the model must not point later commands at this store
@@ -245,6 +262,8 @@ def test_best_retrains_tests_and_registers_the_model(cli):
     _, all_runs = runs(cli.store)
     picked = {int(r.data.tags["optuna.trial_number"]) for r in all_runs if r.data.tags.get("role") == "best"}
     assert picked == {chosen, min(trained_for, key=trained_for.get)}
+    latest = max(client.search_model_versions("name='mnist-tiny'"), key=lambda v: int(v.version))
+    assert latest.tags["selection"].endswith(f"within {limit:g} s")
 
     code, _, err = cli("best", "--max-train-seconds", "0.000001")
     assert code == 2 and "no trial trained within" in err

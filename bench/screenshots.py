@@ -1,0 +1,82 @@
+"""Screenshots of a real-MNIST study in the browser: `sweep ui` (MLflow) and `sweep dashboard` (optuna-dashboard).
+
+Runs the default study on a fresh store, retrains the winner with `best`, then starts both servers as a
+user would and has headless Chromium take the pictures. Writes docs/*.png and docs/screenshots.md.
+
+Usage: python bench/screenshots.py --data-dir ../shared/datasets/mnist [--trials 20] [--trial-seconds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from the project root: the tests' helpers are importable
+
+from sweep.tracking import PARENT_ATTR  # noqa: E402
+from tests.servers import free_port, serving  # noqa: E402
+from tests.stores import load, runs  # noqa: E402
+from tests.test_browser import CHROMIUM  # noqa: E402
+
+DOCS = ROOT / "docs"
+
+
+def screenshot(url: str, path: Path, size: str = "1800,1000") -> None:
+    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={size}",
+                    "--virtual-time-budget=20000", f"--screenshot={path}", url], capture_output=True, check=True, timeout=180)
+    print(f"wrote {path}", flush=True)
+
+
+def sweep(*argv: str) -> None:
+    subprocess.run([sys.executable, "-m", "sweep", *argv], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--trial-seconds", type=float, default=30)
+    args = parser.parse_args()
+    if CHROMIUM is None:
+        sys.exit("needs Debian's chromium package")
+    command = f"python bench/screenshots.py --data-dir {args.data_dir} --trials {args.trials} --trial-seconds {args.trial_seconds:g}"
+    DOCS.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(tmp) / "mlruns"
+        common = ["--store", str(store), "--data-dir", args.data_dir]
+        sweep("run", "--trials", str(args.trials), "--trial-seconds", str(args.trial_seconds), *common)
+        sweep("best", *common)
+        study = load(store, "tradeoff")
+        client, _ = runs(store, "tradeoff")
+        experiment = client.get_experiment_by_name("tradeoff").experiment_id
+        parent = study.user_attrs[PARENT_ATTR]
+        port = free_port()
+        server = f"http://127.0.0.1:{port}"
+        with serving("ui", "--store", store, "--port", port, ready=f"{server}/health") as (_, link):
+            screenshot(link, DOCS / "mlflow-runs.png")
+            screenshot(f"{server}/#/experiments/{experiment}/runs?workflowType=machine_learning&viewStateShareKey=sweep"
+                       "&compareRunsMode=CHART", DOCS / "mlflow-charts.png")
+            screenshot(f"{server}/#/experiments/{experiment}/runs/{parent}?workflowType=machine_learning", DOCS / "mlflow-sweep-run.png")
+            screenshot(f"{server}/#/models/mnist-tradeoff/versions/1?workflowType=machine_learning", DOCS / "mlflow-model.png")
+        port = free_port()
+        with serving("dashboard", "--store", store, "--port", port, ready=f"http://127.0.0.1:{port}/dashboard") as _:
+            screenshot(f"http://127.0.0.1:{port}/dashboard/studies/{study._study_id}", DOCS / "dashboard-study.png", "1800,1400")
+    (DOCS / "screenshots.md").write_text(
+        "# The study in the browser\n\n"
+        f"Made by `{command}` on {time.strftime('%Y-%m-%d')} (real MNIST, {args.trials} trials of the default study, then `best`).\n\n"
+        "| page | picture |\n|---|---|\n"
+        "| `sweep ui`: the study's runs, best first, in MLflow's model-training view | ![runs](mlflow-runs.png) |\n"
+        "| the runs' charts | ![charts](mlflow-charts.png) |\n"
+        "| the sweep's parent run: summary metrics stepped by trials, the study file, chart and CSV | ![parent](mlflow-sweep-run.png) |\n"
+        "| the model registered by `best`, linked to its trial's run | ![model](mlflow-model.png) |\n"
+        "| `sweep dashboard`: optuna-dashboard on the same study | ![dashboard](dashboard-study.png) |\n"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""The study in a real browser: headless Chromium renders `sweep ui` (MLflow) and `sweep dashboard` (optuna-dashboard).
+
+Nothing is mocked: a finished study in a real store, the real servers, the pages as Chromium builds them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+
+import pytest
+
+from sweep.tracking import PARENT_ATTR
+from tests.servers import free_port, serving
+from tests.stores import load, runs
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="needs a headless Chromium (Debian's chromium package, which .ci/run installs)"
+)
+
+
+def render(url: str) -> str:
+    """The page's DOM once its scripts have run, as headless Chromium sees it."""
+    done = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=2000,1100",
+         "--virtual-time-budget=20000", "--dump-dom", url],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_mlflow_ui_opens_on_the_study_with_its_metrics_summary_and_chart(cli):
+    assert cli("run", "--trials", "3")[0] == 0
+    study = load(cli.store)
+    client, all_runs = runs(cli.store)
+    experiment = client.get_experiment_by_name("tiny").experiment_id
+    parent = study.user_attrs[PARENT_ATTR]
+    port = free_port()
+    server = f"http://127.0.0.1:{port}"
+    with serving("ui", "--store", cli.store, "--name", "tiny", "--port", port, ready=f"{server}/health") as (_, link):
+        assert link.startswith(f"{server}/#/experiments/{experiment}/runs?workflowType=machine_learning")
+        table = render(link)
+        for trial in study.trials:  # every trial run, with its score, size and data set
+            assert f"trial-{trial.number}" in table
+            assert repr(trial.user_attrs["best_val_accuracy"]) in table or f"{trial.user_attrs['best_val_accuracy']:g}" in table
+            assert str(trial.user_attrs["param_count"]) in table
+        assert "best_val_accuracy" in table and "train_seconds" in table and "mnist (" in table
+
+        summary = render(f"{server}/#/experiments/{experiment}/runs/{parent}?workflowType=machine_learning")
+        for metric in ("best_val_accuracy", "trials_complete", "front_size", "hypervolume", "total_train_seconds"):
+            assert metric in summary, metric
+        artifacts = render(f"{server}/#/experiments/{experiment}/runs/{parent}/artifacts?workflowType=machine_learning")
+        assert "tradeoff.png" in artifacts and "trials.csv" in artifacts and "tiny.toml" in artifacts
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_dashboard_shows_the_study_and_stops_cleanly(cli, stop):
+    assert cli("run", "--trials", "2")[0] == 0
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/dashboard"
+    with serving("dashboard", "--store", cli.store, "--port", port, ready=url, stop=stop) as (_, link):
+        assert link == url
+        page = render(url)
+        assert "tiny" in page and "MAXIMIZE, MINIMIZE" in page

@@ -1,11 +1,12 @@
-"""Training speed against the hardware limit: TensorFlow, TensorFlow with XLA, and JAX.
+"""Training speed against the hardware limit: the default path of `mnist_core.trainer.train` vs the old one.
 
-For small (2 x 512), medium (4 x 1024) and seed-sized (5 x 2000) MLPs: steady-state seconds per
-epoch and examples/s through `mnist_core.trainer.train`, each variant in its own process (XLA:
-`jit_compile=True`, which Keras leaves off for TensorFlow on a CPU). The FLOP
-bound of an epoch is 6 x parameters x examples / the matrix-multiply FLOP/s measured on the same
-backend (best of repeated 2048 x 2048 float32 products); the ratio says how close training gets.
-Writes bench/results/backends.{json,md}. JAX is a bench-only dependency (`pip install jax`).
+The old path is plain TensorFlow, one batch per traced call (`jit_compile=False`, `steps_per_execution=1`),
+what every trial ran before; the default path sizes several batches per traced call and turns XLA on where
+the run repays compiling (`mnist_core.trainer.execution_steps`, `use_xla`). For MLPs from 1 x 64 to the seed
+model (5 x 2000): steady-state seconds per epoch, the warm-up epoch and examples/s, each path in its own
+process. The FLOP bound of an epoch is 6 x parameters x examples / the matrix-multiply FLOP/s measured in
+the same process (best of repeated 2048 x 2048 float32 products); the ratio says how close training gets.
+Writes bench/results/backends.{json,md}.
 
 Usage: python bench/backends.py --data-dir ../shared/datasets/mnist
 """
@@ -23,8 +24,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-SIZES = {"small": (2, 512, 128, 3), "medium": (4, 1024, 128, 3), "seed": (5, 2000, 100, 2)}  # depth, width, batch, epochs
-VARIANTS = {"tensorflow": ("tensorflow", False), "tensorflow+xla": ("tensorflow", True), "jax": ("jax", False)}  # backend, XLA
+SIZES = {  # depth, width, batch, epochs
+    "1x64": (1, 64, 512, 3),
+    "1x256": (1, 256, 128, 3),
+    "2x512": (2, 512, 128, 3),
+    "4x1024": (4, 1024, 128, 3),
+    "5x2000": (5, 2000, 100, 2),
+}
+PATHS = ("old", "default")
 
 
 def matmul_flops(n: int = 2048, repeats: int = 10) -> float:
@@ -42,73 +49,72 @@ def matmul_flops(n: int = 2048, repeats: int = 10) -> float:
     return 2 * n**3 / best
 
 
-def measure(data_dir: str, xla: bool) -> dict:
-    """This process's backend: FLOP/s and each size's steady-state speed."""
-    import keras
-
-    import mnist_core.trainer
+def measure(data_dir: str, path: str) -> dict:
+    """This process's FLOP/s and each size's steady-state speed on `path` ("old" or "default")."""
     from mnist_core.data import load_splits, resolve_source
     from mnist_core.model import MLPConfig
-    from mnist_core.trainer import TrainConfig, train
+    from mnist_core.trainer import TrainConfig, execution_steps, train
 
-    if xla:
-        build = mnist_core.trainer.build_mlp
-
-        def build_xla(config):
-            model = build(config)
-            model.jit_compile = True
-            return model
-
-        mnist_core.trainer.build_mlp = build_xla
     splits = load_splits(resolve_source(data_dir))
     flops = matmul_flops()
     rows = {}
     for name, (depth, width, batch, epochs) in SIZES.items():
-        result = train(TrainConfig(MLPConfig(depth=depth, width=width), epochs=epochs, batch_size=batch, seed=0), splits)
+        if path == "old":
+            config = TrainConfig(MLPConfig(depth=depth, width=width, jit_compile=False), epochs=epochs, batch_size=batch, steps_per_execution=1)
+        else:
+            config = TrainConfig(MLPConfig(depth=depth, width=width), epochs=epochs, batch_size=batch)
+        result = train(config, splits)
         bound = 6 * result.param_count * len(splits.train) / flops
+        steps = config.steps_per_execution or execution_steps(result.param_count, batch, -(-len(splits.train) // batch))
         rows[name] = {
             "shape": f"{depth} x {width}", "batch_size": batch, "params": result.param_count, "epochs": epochs,
+            "jit_compile": result.config.model.jit_compile, "steps_per_execution": steps,
             "warmup_seconds": result.warmup_seconds, "seconds_per_epoch": result.seconds_per_epoch,
-            "examples_per_second": result.examples_per_second, "flop_bound_seconds_per_epoch": bound,
-            "fraction_of_flop_bound": bound / result.seconds_per_epoch,
+            "train_seconds": result.seconds, "examples_per_second": result.examples_per_second,
+            "flop_bound_seconds_per_epoch": bound, "fraction_of_flop_bound": bound / result.seconds_per_epoch,
             "val_accuracy": result.best_epoch.val_accuracy,
         }
-        print(keras.backend.backend(), name, rows[name], flush=True)
-    return {"backend": keras.backend.backend(), "matmul_flops": flops, "sizes": rows}
+        print(path, name, rows[name], flush=True)
+    return {"matmul_flops": flops, "sizes": rows}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--out", type=Path, help="(internal) measure this process's backend into this file")
-    parser.add_argument("--xla", action="store_true", help="(internal) with --out: jit_compile=True")
+    parser.add_argument("--out", type=Path, help="(internal) measure one path into this file")
+    parser.add_argument("--path", choices=PATHS, help="(internal) with --out: which path")
     args = parser.parse_args()
     if args.out:
-        return args.out.write_text(json.dumps(measure(args.data_dir, args.xla)))
+        return args.out.write_text(json.dumps(measure(args.data_dir, args.path)))
     results = {}
-    for variant, (backend, xla) in VARIANTS.items():
+    for path in PATHS:
         out = Path(tempfile.mktemp(suffix=".json"))
-        subprocess.run([sys.executable, __file__, "--data-dir", args.data_dir, "--out", str(out), *(["--xla"] if xla else [])],
-                       check=True, env={**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT)})
-        results[variant] = json.loads(out.read_text())
+        subprocess.run([sys.executable, __file__, "--data-dir", args.data_dir, "--out", str(out), "--path", path],
+                       check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        results[path] = json.loads(out.read_text())
     command = f"python bench/backends.py --data-dir {args.data_dir}"
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "backends.json").write_text(json.dumps({"command": command, "results": results}, indent=2) + "\n")
+    (RESULTS / "backends.json").write_text(json.dumps({"command": command, "commit": commit, "results": results}, indent=2) + "\n")
     lines = [
-        "# Training speed vs the hardware limit: TensorFlow, TensorFlow + XLA, JAX", "",
-        f"Command: `{command}`  ",
-        f"Date: {time.strftime('%Y-%m-%d %H:%M %Z')}; {os.cpu_count()} CPU cores; 54,000 training examples per epoch.", "",
-        "Measured matrix-multiply throughput (float32, 2048 x 2048): "
-        + "; ".join(f"{b}: {r['matmul_flops'] / 1e9:.0f} GFLOP/s" for b, r in results.items()) + ".", "",
-        "| size | params | batch | variant | warm-up epoch | steady s/epoch | examples/s | FLOP-bound s/epoch | fraction of bound | val acc |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "# Training speed vs the hardware limit: the default path vs the old one", "",
+        f"Command: `{command}` (commit {commit})  ",
+        f"Date: {time.strftime('%Y-%m-%d %H:%M %Z')}; {os.cpu_count()} CPU cores, TensorFlow backend; 54,000 training examples per epoch.", "",
+        "Old: plain TensorFlow, one batch per traced call. Default: several batches per traced call (about "
+        "0.25 s of work each), XLA where the run repays compiling. Measured matrix-multiply throughput (float32, "
+        "2048 x 2048): " + "; ".join(f"{p}: {r['matmul_flops'] / 1e9:.0f} GFLOP/s" for p, r in results.items()) + ".", "",
+        "| size | params | batch | path | XLA | batches per call | warm-up epoch | steady s/epoch | examples/s | FLOP-bound s/epoch | fraction of bound | speed-up | val acc |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in SIZES:
-        for backend, r in results.items():
+        old = results["old"]["sizes"][name]["seconds_per_epoch"]
+        for path, r in results.items():
             row = r["sizes"][name]
-            lines.append(f"| {name} ({row['shape']}) | {row['params']:,} | {row['batch_size']} | {backend} | {row['warmup_seconds']:.1f} s | "
-                         f"{row['seconds_per_epoch']:.2f} | {row['examples_per_second']:,.0f} | {row['flop_bound_seconds_per_epoch']:.2f} | "
-                         f"{row['fraction_of_flop_bound']:.0%} | {row['val_accuracy']:.4f} |")
+            lines.append(
+                f"| {name} | {row['params']:,} | {row['batch_size']} | {path} | {'yes' if row['jit_compile'] else 'no'} | "
+                f"{row['steps_per_execution']} | {row['warmup_seconds']:.1f} s | {row['seconds_per_epoch']:.2f} | "
+                f"{row['examples_per_second']:,.0f} | {row['flop_bound_seconds_per_epoch']:.2f} | {row['fraction_of_flop_bound']:.0%} | "
+                f"{old / row['seconds_per_epoch']:.2f}x | {row['val_accuracy']:.4f} |")
     (RESULTS / "backends.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

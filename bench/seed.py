@@ -1,11 +1,15 @@
 """Reproduce the seed study on real MNIST and write its figures to bench/results/seed.{json,md}.
 
-Usage: python bench/seed.py --data-dir ../shared/datasets/mnist
+With `--old-path`, the same model is also trained on the old path (plain TensorFlow, one batch per traced
+call) in the same run, and bench/results/seed_paths.{json,md} set the two side by side.
+
+Usage: python bench/seed.py --data-dir ../shared/datasets/mnist [--old-path]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -17,18 +21,24 @@ import optuna
 
 from mnist_core.data import Source, load_splits, resolve_source
 from mnist_core.evaluate import evaluate_test
-from mnist_core.trainer import Budget, TrainResult, train
-from sweep.hypermodel import load_study
+from mnist_core.trainer import Budget, TrainConfig, TrainResult, train
+from sweep.hypermodel import STUDIES, load_study
 
 RESULTS = Path(__file__).parent / "results"
-SEED_STUDY = Path(__file__).resolve().parents[1] / "studies" / "seed.toml"
+SEED_STUDY = STUDIES / "seed.toml"
 
 
-def train_seed(source: Source, study: Path = SEED_STUDY) -> tuple[TrainResult, dict[str, float]]:
+def old_path(config: TrainConfig) -> TrainConfig:
+    """The path every trial took before the fast path: plain TensorFlow, one batch per traced call."""
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, jit_compile=False), steps_per_execution=1)
+
+
+def train_seed(source: Source, study: Path = SEED_STUDY, old: bool = False) -> tuple[TrainResult, dict[str, float]]:
     """The seed study's model trained on `source` (model kept), and its figures on the test set."""
     spec = load_study(study)
     splits = load_splits(source, spec.validation_fraction, spec.split_seed)
     config = spec.config_for(optuna.trial.FixedTrial({}), seed=spec.seed)
+    config = old_path(config) if old else config
     print(f"training {config} on {len(splits.train)} examples", flush=True)
     result = train(config, splits, Budget(spec.trial_seconds), keep_model=True, verbose=2)
     return result, evaluate_test(result.model, source)
@@ -38,6 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data-dir", required=True, help="folder with the four MNIST IDX files")
     parser.add_argument("--study", type=Path, default=SEED_STUDY)
+    parser.add_argument("--old-path", action="store_true", help="also train on the old path, in the same run")
     args = parser.parse_args()
 
     source = resolve_source(args.data_dir)
@@ -76,6 +87,32 @@ def main() -> None:
         f"| epoch | loss | accuracy | val loss | val accuracy | seconds |\n|---|---|---|---|---|---|\n{rows}\n"
     )
     print(json.dumps({k: v for k, v in figures.items() if k != "epochs"}, indent=2))
+    if args.old_path:
+        del result
+        old, old_test = train_seed(source, args.study, old=True)
+        compare(figures, old, old_test)
+
+
+def compare(default: dict, old: TrainResult, old_test: dict[str, float]) -> None:
+    """bench/results/seed_paths.{json,md}: the default path (just measured) next to the old one."""
+    rows = {
+        "default": {k: default[k] for k in ("config", "train_seconds", "warmup_seconds", "seconds_per_epoch", "test_accuracy", "best_val_accuracy")},
+        "old": {"config": repr(old.config), "train_seconds": old.seconds, "warmup_seconds": old.warmup_seconds,
+                "seconds_per_epoch": old.seconds_per_epoch, "test_accuracy": old_test["test_accuracy"],
+                "best_val_accuracy": old.best_epoch.val_accuracy},
+    }
+    speedup = rows["old"]["train_seconds"] / rows["default"]["train_seconds"]
+    (RESULTS / "seed_paths.json").write_text(json.dumps({"command": default["command"], "date": default["date"],
+                                                          "machine": default["machine"], "paths": rows, "speedup": speedup}, indent=2) + "\n")
+    lines = [f"# The seed model on the default path vs the old one (one run)\n\nCommand: `{default['command']}`  \n"
+             f"Date: {default['date']}  \nMachine: {default['machine']}\n",
+             "| path | train s | warm-up s | steady s/epoch | test accuracy | best val accuracy |", "|---|---|---|---|---|---|"]
+    for name, row in rows.items():
+        lines.append(f"| {name} | {row['train_seconds']:.0f} | {row['warmup_seconds']:.1f} | {row['seconds_per_epoch']:.1f} | "
+                     f"{row['test_accuracy']:.4f} | {row['best_val_accuracy']:.4f} |")
+    lines.append(f"\nSpeed-up of the default path: {speedup:.2f}x.")
+    (RESULTS / "seed_paths.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,9 @@ class MLPConfig:
     batch_norm: bool = False
     optimizer: str = "adam"
     learning_rate: float = 1e-3
+    # XLA: True or False; None lets the trainer decide per run (on where the run is long enough to repay
+    # compiling, bench/results/backends.md). `build_mlp` builds None as plain TensorFlow.
+    jit_compile: bool | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.depth, bool) or not isinstance(self.depth, int) or self.depth < 1:
@@ -68,8 +71,12 @@ def param_count(config: MLPConfig) -> int:
     return dense + batch_norm
 
 
-def build_mlp(config: MLPConfig) -> keras.Model:
-    """Flatten -> [Dense -> (BatchNorm) -> activation -> (Dropout)] x depth -> softmax, compiled."""
+def build_mlp(config: MLPConfig, steps_per_execution: int = 1) -> keras.Model:
+    """Flatten -> [Dense -> (BatchNorm) -> activation -> (Dropout)] x depth -> softmax, compiled.
+
+    `steps_per_execution` batches run in one traced call: how a trainer trades per-batch overhead
+    against how often it can look at the run (it changes no result).
+    """
     layers: list[keras.Layer] = [keras.Input(shape=IMAGE_SHAPE), keras.layers.Flatten()]
     for width in config.widths:
         layers.append(keras.layers.Dense(width))
@@ -84,6 +91,8 @@ def build_mlp(config: MLPConfig) -> keras.Model:
         optimizer=OPTIMIZERS[config.optimizer](learning_rate=config.learning_rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
+        jit_compile=bool(config.jit_compile),
+        steps_per_execution=steps_per_execution,
     )
     # Create the optimizer's slot variables now, eagerly: created inside the first traced train
     # step, each leaves initializer graphs that TensorFlow never frees (bench/results/memory.md).

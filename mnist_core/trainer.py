@@ -6,6 +6,7 @@ stop request): the result says how and why the run ended, so a sweep can record 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -16,26 +17,56 @@ import keras
 from mnist_core.data import Splits, make_dataset
 from mnist_core.model import MLPConfig, build_mlp, param_count
 
-# A run whose projected time exceeds its budget by this factor cannot fit: stop it early.
-OVERRUN_FACTOR = 1.5
+# A run whose time, projected from its measured batches, exceeds its budget cannot finish: stop it
+# early rather than let it spend the whole budget and be cut at the deadline.
+PROJECTED_OVERRUN = 1.0
 # Wall clock; a module attribute so tests can replace it with a fake one.
 clock = time.perf_counter
-# Batches timed (after the first, which includes tracing) before projecting the run's time.
+# Batches timed (after the first execution, which includes tracing) before projecting the run's time.
 PROJECTION_BATCHES = 3
+# One traced call (an "execution" of several batches) trains for about this long: the granularity of the
+# deadline, NaN and projection checks, so a run stops within about this slack of its deadline. Sized from
+# NOMINAL_RATE (parameter-examples per second on 2 CPU cores, bench/results/backends.md) plus a per-batch
+# overhead; a slower machine gets longer executions, a faster one shorter.
+EXECUTION_SECONDS = 0.25
+NOMINAL_RATE = 2e10
+STEP_OVERHEAD_SECONDS = 1e-3
+
+
+# XLA compiles each model once (a second or two here) and then runs its epochs faster: worth it when the
+# run has at least this many seconds of arithmetic at NOMINAL_RATE (bench/results/backends.md).
+XLA_MIN_SECONDS = 10.0
+
+
+def use_xla(n_params: int, examples: int, epochs: int) -> bool:
+    """Whether compiling with XLA repays itself over the whole run."""
+    return n_params * examples * epochs / NOMINAL_RATE >= XLA_MIN_SECONDS
+
+
+def execution_steps(n_params: int, batch_size: int, steps_per_epoch: int) -> int:
+    """Batches per traced call: about EXECUTION_SECONDS of work, at most one epoch."""
+    step_seconds = n_params * batch_size / NOMINAL_RATE + STEP_OVERHEAD_SECONDS
+    return max(1, min(steps_per_epoch, int(EXECUTION_SECONDS / step_seconds)))
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that determines a training run besides the data: model, epochs, batch, seed."""
+    """Everything that determines a training run besides the data: model, epochs, batch, seed.
+
+    `steps_per_execution` (None: sized by `execution_steps`) changes how often the run is checked, not its result.
+    """
 
     model: MLPConfig
     epochs: int = 10
     batch_size: int = 100
     seed: int = 0
+    steps_per_execution: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "steps_per_execution"):
             value = getattr(self, name)
+            if value is None and name == "steps_per_execution":
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
@@ -98,6 +129,11 @@ class TrainResult:
         return full or self.epochs
 
     @property
+    def steady_epochs(self) -> int:
+        """Full epochs after the first: the ones `seconds_per_epoch` is measured on, when there are any."""
+        return sum(not e.partial for e in self.epochs[1:])
+
+    @property
     def seconds_per_epoch(self) -> float | None:
         """Steady-state seconds per full epoch (after warm-up; the first epoch if it is all there is)."""
         steady = self._steady
@@ -111,11 +147,12 @@ class TrainResult:
 
 
 class _Monitor(keras.callbacks.Callback):
-    """Deadline, over-budget projection, NaN guard and epoch records, checked every batch."""
+    """Deadline, over-budget projection, NaN guard and epoch records, checked after every execution
+    (one or more batches: Keras reports the last batch of each)."""
 
-    def __init__(self, budget: Budget, total_steps: int, batch_size: int, n_train: int, hook: EpochHook | None):
+    def __init__(self, budget: Budget, steps_per_epoch: int, epochs: int, batch_size: int, n_train: int, hook: EpochHook | None):
         super().__init__()
-        self.budget, self.total_steps, self.hook = budget, total_steps, hook
+        self.budget, self.steps_per_epoch, self.total_steps, self.hook = budget, steps_per_epoch, steps_per_epoch * epochs, hook
         self.batch_size, self.n_train = batch_size, n_train
         self.epochs: list[EpochStats] = []
         self.reason: str | None = None
@@ -136,8 +173,11 @@ class _Monitor(keras.callbacks.Callback):
         self.epoch_start, self.epoch_steps = clock(), 0
 
     def on_train_batch_end(self, batch, logs=None):
-        self.steps += 1
-        self.epoch_steps += 1
+        # `batch`: the execution's last batch, 0-based within the epoch; Keras counts an epoch's last,
+        # shorter execution as a full one, so the epoch's length caps it.
+        done = min(batch + 1, self.steps_per_epoch)
+        self.steps += done - self.epoch_steps
+        self.epoch_steps = done
         now = clock()
         if not math.isfinite(float(logs["loss"])):
             return self._stop(f"nan_loss: training loss became {float(logs['loss'])} at step {self.steps}")
@@ -150,7 +190,7 @@ class _Monitor(keras.callbacks.Callback):
         if self.deadline < math.inf and self.steps - start_steps >= PROJECTION_BATCHES:
             per_step = (now - start) / (self.steps - start_steps)
             projected = self.budget.seconds - (self.deadline - now) + per_step * (self.total_steps - self.steps)
-            if projected > OVERRUN_FACTOR * self.budget.seconds:
+            if projected > PROJECTED_OVERRUN * self.budget.seconds:
                 self._stop(f"over_budget: projected {projected:.0f} s > budget {self.budget.seconds:g} s")
 
     def on_epoch_end(self, epoch, logs=None):
@@ -182,14 +222,20 @@ def train(
 ) -> TrainResult:
     """Train `config` on `data.train`, validating on `data.val` each epoch, within `budget`.
 
+    The result's `config` is the one that ran: with `jit_compile` decided if it was left to the trainer.
     `on_epoch` sees each epoch's stats and may return a reason to stop (e.g. pruning). The model
     is returned only with `keep_model`; otherwise its memory is released before returning.
     """
     keras.backend.clear_session(free_memory=False)  # the previous run has collected its garbage
     keras.utils.set_random_seed(config.seed)
-    model = build_mlp(config.model)
     steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
-    monitor = _Monitor(budget, steps_per_epoch * config.epochs, config.batch_size, len(data.train), on_epoch)
+    n_params = param_count(config.model)
+    if config.model.jit_compile is None:  # decided here, and kept in the result's config so a retrain repeats it
+        xla = use_xla(n_params, len(data.train), config.epochs)
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, jit_compile=xla))
+    steps = config.steps_per_execution or execution_steps(n_params, config.batch_size, steps_per_epoch)
+    model = build_mlp(config.model, steps_per_execution=steps)
+    monitor = _Monitor(budget, steps_per_epoch, config.epochs, config.batch_size, len(data.train), on_epoch)
     started = clock()
     try:
         model.fit(
@@ -205,7 +251,7 @@ def train(
         outcome: Outcome = "completed" if reason is None else "failed" if reason.startswith("nan_loss") else "stopped"
         result = TrainResult(
             config=config,
-            param_count=param_count(config.model),
+            param_count=n_params,
             epochs=monitor.epochs,
             seconds=seconds,
             outcome=outcome,

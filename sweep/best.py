@@ -47,6 +47,8 @@ def select_trial(study: optuna.Study, max_train_seconds: float | None = None) ->
 def retrain(spec: StudySpec, trial: FrozenTrial, splits: Splits) -> TrainResult:
     """The trial's configuration and seed, trained to its best validation epoch (same weights on CPU)."""
     config = spec.config_for(optuna.trial.FixedTrial(trial.params), seed=trial.user_attrs["seed"])
+    if "jit_compile" in trial.user_attrs:  # the path the trial ran on (XLA or not), not one chosen anew for fewer epochs
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, jit_compile=trial.user_attrs["jit_compile"]))
     config = dataclasses.replace(config, epochs=int(trial.user_attrs["best_epoch"]))
     return train(config, splits, keep_model=True, verbose=2)
 

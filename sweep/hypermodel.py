@@ -52,8 +52,9 @@ HYPERPARAMETERS: dict[str, tuple[type, Any, Any]] = {
     "activation": (str, None, ACTIVATIONS),
     "optimizer": (str, None, tuple(OPTIMIZERS)),
     "batch_norm": (bool, None, (False, True)),
+    "jit_compile": (bool, None, (False, True)),
 }
-MODEL_KEYS = ("depth", "width", "activation", "dropout", "batch_norm", "optimizer", "learning_rate")
+MODEL_KEYS = ("depth", "width", "activation", "dropout", "batch_norm", "optimizer", "learning_rate", "jit_compile")
 # objective name in study files -> (direction, the trial metric it reads: scored at the best validation epoch)
 OBJECTIVES = {
     "val_accuracy": ("maximize", "best_val_accuracy"),

@@ -13,7 +13,8 @@ from sweep.oracle import trained
 from sweep.tracking import PARENT_ATTR, SUMMARY_METRICS, Tracker
 
 # Columns the printed table leaves to the CSV.
-CSV_ONLY = ("reason", "mlflow_run_id", "best_val_loss", "warmup_seconds", "seconds_per_epoch", "examples_per_second")
+CSV_ONLY = ("reason", "mlflow_run_id", "best_val_loss", "warmup_seconds", "seconds_per_epoch", "steady_epochs",
+            "examples_per_second", "predicted_seconds")
 
 
 def pareto_mask(accuracy: np.ndarray, seconds: np.ndarray) -> np.ndarray:
@@ -68,6 +69,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         row = {"trial": trial.number, "state": trial.state.name}
         row.update(trial.params)
         row.update({m: trial.user_attrs.get(m) for m in SUMMARY_METRICS})
+        row["predicted_seconds"] = trial.user_attrs.get("predicted_seconds")
         row["reason"] = trial.user_attrs.get("reason")
         row["mlflow_run_id"] = trial.user_attrs.get("mlflow_run_id")
         rows.append(row)

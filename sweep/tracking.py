@@ -127,6 +127,7 @@ SUMMARY_METRICS = (
     "train_seconds",
     "warmup_seconds",
     "seconds_per_epoch",
+    "steady_epochs",
     "examples_per_second",
     "param_count",
 )
@@ -143,6 +144,7 @@ def summary_metrics(result: TrainResult) -> dict[str, float | None]:
         result.seconds,
         result.warmup_seconds,
         result.seconds_per_epoch,
+        result.steady_epochs,
         result.examples_per_second,
         result.param_count,
     )

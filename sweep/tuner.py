@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from mnist_core.data import Splits
 from mnist_core.model import param_count
-from mnist_core.trainer import OVERRUN_FACTOR, Budget, EpochStats, TrainConfig, train
+from mnist_core.trainer import Budget, EpochStats, TrainConfig, train
+from sweep import costmodel
 from sweep.hypermodel import StudySpec
 from sweep.oracle import FINISHED, count_busy, count_finished, release, trained
 from sweep.processes import check_stop
@@ -30,6 +31,9 @@ from sweep.report import progress, write_report
 from sweep.tracking import PARENT_ATTR, Tracker, config_params, manifest, summary_metrics
 from sweep.workers import Heartbeat, own, recover
 
+# Skip a trial whose predicted time exceeds its budget by this factor (the prediction is a model; the
+# trainer's projection from measured batches stops what still cannot fit, early).
+OVERRUN_FACTOR = 1.5
 # Stop a sweep whose last trials all failed: something is wrong beyond one configuration.
 MAX_CONSECUTIVE_FAILURES = 5
 # Stop asking when this many trials in a row could not fit their budget (skipped before training).
@@ -53,21 +57,6 @@ class SweepContext:
     parent_run_id: str
     deadline: float | None  # time.time() after which no trial may run; None: no sweep budget
     report_dir: Path  # where the trade-off chart and CSV are refreshed as trials finish
-
-
-def throughput(study: optuna.Study) -> float | None:
-    """Fastest measured parameter-examples per second: an optimistic rate, so estimates err low."""
-    rates = [
-        t.user_attrs["param_count"] * t.user_attrs["examples_per_second"]
-        for t in study.get_trials(deepcopy=False, states=FINISHED)
-        if t.user_attrs.get("examples_per_second")
-    ]
-    return max(rates) if rates else None
-
-
-def estimate_seconds(param_count: int, examples: int, epochs: int, rate: float | None) -> float | None:
-    """Training time predicted from size and measured throughput, before building the model."""
-    return param_count * examples * epochs / rate if rate else None
 
 
 def quickest_epoch(study: optuna.Study) -> float | None:
@@ -102,8 +91,10 @@ def run_trial(study: optuna.Study, ctx: SweepContext, trial: optuna.Trial) -> Fr
         own(trial)
         trial.set_user_attr("seed", seed)
         config = ctx.spec.config_for(trial, seed)
+        trial.set_user_attr("batch_size", config.batch_size)  # what the cost model needs, searched or fixed
+        trial.set_user_attr("epochs", config.epochs)
         seconds = ctx.spec.trial_seconds if ctx.deadline is None else min(ctx.spec.trial_seconds, ctx.deadline - time.time())
-        outcome = _skip(trial.study, ctx, config, seconds)
+        outcome = _skip(trial.study, ctx, trial, config, seconds)
         if outcome is None:
             run_id = _open_run(ctx, trial, config)
             outcome = _train(ctx, trial, config, seconds, run_id)
@@ -125,14 +116,17 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
-def _skip(study: optuna.Study, ctx: SweepContext, config: TrainConfig, seconds: float) -> Outcome | None:
-    """PRUNED before training when the trial cannot fit: the sweep budget is spent, or it is estimated to overrun."""
+def _skip(study: optuna.Study, ctx: SweepContext, trial: optuna.Trial, config: TrainConfig, seconds: float) -> Outcome | None:
+    """PRUNED before training when the trial cannot fit: the sweep budget is spent, or the study's cost
+    model (once fitted on two trials) predicts it would overrun. The prediction is kept on the trial."""
     n_params = param_count(config.model)
     if seconds <= 0:
         return Outcome(TrialState.PRUNED, "skipped: sweep budget spent", {"param_count": n_params})
-    estimate = estimate_seconds(n_params, len(ctx.splits.train), config.epochs, throughput(study))
-    if estimate is not None and estimate > OVERRUN_FACTOR * seconds:
-        reason = f"skipped: estimated {estimate:.0f} s from {n_params:,} parameters > budget {seconds:.0f} s"
+    model = costmodel.fit(study, len(ctx.splits.train))
+    predicted = model.predict(n_params, len(ctx.splits.train), config.batch_size, config.epochs)
+    trial.set_user_attr("predicted_seconds", predicted)
+    if model.trials >= 2 and predicted > OVERRUN_FACTOR * seconds:
+        reason = f"skipped: predicted {predicted:.0f} s for {n_params:,} parameters at batch {config.batch_size} > budget {seconds:.0f} s"
         return Outcome(TrialState.PRUNED, reason, {"param_count": n_params})
     return None
 
@@ -170,6 +164,8 @@ def _train(ctx: SweepContext, trial: optuna.Trial, config: TrainConfig, seconds:
             result = train(config, ctx.splits, Budget(seconds), on_epoch=on_epoch)
     except Exception as exc:  # out of memory and other failures inside one trial
         return Outcome(TrialState.FAIL, _reason(exc), {"param_count": param_count(config.model)})
+    trial.set_user_attr("jit_compile", result.config.model.jit_compile)  # as decided for this run: `best` repeats it
+    ctx.tracker.set_tags(run_id, {"jit_compile": result.config.model.jit_compile})
     metrics = summary_metrics(result)
     state = {"completed": TrialState.COMPLETE, "stopped": TrialState.PRUNED, "failed": TrialState.FAIL}[result.outcome]
     values = [metrics[m] for m in spec.objective_metrics] if state == TrialState.COMPLETE else None

@@ -110,35 +110,37 @@ def test_changed_search_space_is_refused_before_any_trial(cli, study_file):
 
 
 def test_nets_that_cannot_fit_are_skipped_uncounted_and_asking_stops(cli, study_file):
-    # Trial 0 measures throughput on a tiny net; the 36M-parameter, 50-epoch nets queued after it are
-    # then estimated at thousands of seconds against a 2 s budget: skipped without being built, not
-    # counted towards --trials, and after MAX_CONSECUTIVE_SKIPS of them in a row the sweep stops asking.
+    # Two small trials fit the cost model; the 36M-parameter, 50-epoch nets queued after them are then
+    # predicted at thousands of seconds against a 2 s budget: skipped without being built, not counted
+    # towards --trials, and after MAX_CONSECUTIVE_SKIPS of them in a row the sweep stops asking.
     study_file.write_text(
         TINY.replace("trial_seconds = 120", "trial_seconds = 2")
         .replace("depth = { low = 1, high = 2 }", "depth = { low = 1, high = 3 }")
         .replace("width = { low = 8, high = 32, log = true }", "width = { choices = [8, 4096] }")
-        .replace("epochs = { low = 1, high = 2 }", "epochs = { choices = [1, 50] }")
+        .replace("epochs = { low = 1, high = 2 }", "epochs = { choices = [2, 50] }")
     )
     from sweep.hypermodel import load_study
     from sweep.oracle import count_finished, open_storage, open_study
 
     study = open_study(load_study(study_file), open_storage(None, cli.store))
-    study.enqueue_trial({"depth": 1, "width": 8, "epochs": 1, "learning_rate": 0.005})
+    for _ in range(2):
+        study.enqueue_trial({"depth": 1, "width": 8, "epochs": 2, "learning_rate": 0.005})
     for _ in range(tuner.MAX_CONSECUTIVE_SKIPS + 2):
         study.enqueue_trial({"depth": 3, "width": 4096, "epochs": 50, "learning_rate": 0.005})
     code, out, err = cli("run", "--trials", "3")
     assert code == 0, err
     assert f"stopping: the last {tuner.MAX_CONSECUTIVE_SKIPS} configurations could not fit" in out
-    assert "1/3 trials trained" in out
+    assert "2/3 trials trained" in out
     study = load(cli.store)
-    first, *skipped = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
-    assert first.state == TrialState.COMPLETE and count_finished(study) == 1
+    small, skipped = study.trials[:2], study.get_trials(states=(TrialState.PRUNED,))
+    assert all(t.state == TrialState.COMPLETE for t in small) and count_finished(study) == 2
     assert len(skipped) == tuner.MAX_CONSECUTIVE_SKIPS
     for trial in skipped:
-        assert trial.state == TrialState.PRUNED and trial.user_attrs["reason"].startswith("skipped: estimated")
+        assert trial.state == TrialState.PRUNED and trial.user_attrs["reason"].startswith("skipped: predicted")
+        assert trial.user_attrs["predicted_seconds"] > 1000
         assert "epochs_run" not in trial.user_attrs and "mlflow_run_id" not in trial.user_attrs  # never trained, no run
     _, all_runs = runs(cli.store)
-    assert len([r for r in all_runs if "mlflow.parentRunId" in r.data.tags]) == 1  # trial 0's run alone
+    assert len([r for r in all_runs if "mlflow.parentRunId" in r.data.tags]) == 2  # the small trials' runs alone
 
 
 def test_no_trial_is_asked_for_once_the_budget_left_is_shorter_than_any_first_epoch(cli):

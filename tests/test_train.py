@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import itertools
 
 import keras
 import pytest
@@ -38,36 +37,97 @@ def test_same_seed_same_metrics_other_seed_differs(splits):
 
 @pytest.fixture
 def fake_clock(monkeypatch):
-    """A clock that advances 10 ms per training batch (whoever reads it, however often), so budget
-    decisions depend on batches trained, not on machine speed."""
-    batches = itertools.count()
-    now = [0.0]
-    real_batch_end = train_module._Monitor.on_train_batch_end
+    """A clock that advances 10 ms per batch trained (whoever reads it, however often), so budget decisions
+    depend on batches, not on machine speed. `fake_clock.stall = (step, seconds)` adds a pause after that step."""
+    monitors = []
+    real_init = train_module._Monitor.__init__
 
-    def batch_end(self, batch, logs=None):
-        now[0] = next(batches) * 0.01 + 0.01
-        return real_batch_end(self, batch, logs)
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        monitors.append(self)
 
-    monkeypatch.setattr(train_module._Monitor, "on_train_batch_end", batch_end)
-    monkeypatch.setattr(train_module, "clock", lambda: now[0])
+    def now() -> float:
+        steps = monitors[-1].steps if monitors else 0
+        step, pause = clock.stall
+        return steps * 0.01 + (pause if steps > step else 0.0)
+
+    class clock:
+        stall = (10**9, 0.0)
+
+    monkeypatch.setattr(train_module._Monitor, "__init__", init)
+    monkeypatch.setattr(train_module, "clock", now)
+    return clock
 
 
 def test_hopeless_run_is_stopped_early_as_over_budget(splits, fake_clock):
     # 17 steps x 10 epochs at 10 ms per step projects 1.7 s against a 0.5 s budget.
-    config = TrainConfig(SMALL.model, epochs=10, batch_size=32)
+    config = TrainConfig(SMALL.model, epochs=10, batch_size=32, steps_per_execution=1)
     result = train(config, splits, Budget(seconds=0.5))
     assert result.outcome == "stopped" and result.reason.startswith("over_budget")
     assert len(result.epochs) == 1 and result.epochs[0].partial
     assert result.epochs[0].examples == (1 + train_module.PROJECTION_BATCHES) * 32
 
 
-def test_run_that_nearly_fits_is_stopped_at_its_deadline(splits, fake_clock):
-    # Projection 1.7 s is within 1.5 x the 1.5 s budget, so it trains until the deadline: batch 150.
-    config = TrainConfig(SMALL.model, epochs=10, batch_size=32)
-    result = train(config, splits, Budget(seconds=1.5))
-    assert result.outcome == "stopped" and result.reason == "budget: 1.5 s spent at step 150/170"
-    assert result.epochs[-1].partial and len(result.epochs) == 9  # 8 full epochs of 17 batches, then 14 batches
-    assert [e.examples for e in result.epochs] == [540] * 8 + [14 * 32]
+def test_run_projected_just_over_its_budget_is_stopped_early_not_at_the_deadline(splits, fake_clock):
+    # 170 batches at 10 ms project 1.7 s against a 1.6 s budget: stopped after the timed batches, not at 1.6 s.
+    config = TrainConfig(SMALL.model, epochs=10, batch_size=32, steps_per_execution=1)
+    result = train(config, splits, Budget(seconds=1.6))
+    assert result.outcome == "stopped" and result.reason.startswith("over_budget: projected 2 s > budget 1.6 s")
+    assert sum(e.examples for e in result.epochs) == (1 + train_module.PROJECTION_BATCHES) * 32
+
+
+def test_run_that_fits_until_it_stalls_is_stopped_at_its_deadline(splits, fake_clock):
+    # Projected at 1.7 s against a 1.8 s budget, it trains; a 0.5 s stall after batch 140 then crosses the deadline.
+    fake_clock.stall = (140, 0.5)
+    config = TrainConfig(SMALL.model, epochs=10, batch_size=32, steps_per_execution=1)
+    result = train(config, splits, Budget(seconds=1.8))
+    assert result.outcome == "stopped" and result.reason == "budget: 1.8 s spent at step 141/170"
+    assert result.epochs[-1].partial and len(result.epochs) == 9  # 8 full epochs of 17 batches, then 5 batches
+    assert [e.examples for e in result.epochs] == [540] * 8 + [5 * 32]
+
+
+def test_several_batches_per_execution_keep_the_deadline_within_one_execution(splits, fake_clock):
+    # 5 batches per traced call: epochs of 17 batches run as 5 + 5 + 5 + 2. A stall after batch 146 crosses
+    # the 1.8 s deadline; it is seen at the end of that execution: batch 151, within one execution.
+    fake_clock.stall = (146, 0.5)
+    config = TrainConfig(SMALL.model, epochs=10, batch_size=32, steps_per_execution=5)
+    result = train(config, splits, Budget(seconds=1.8))
+    assert result.reason == "budget: 1.8 s spent at step 151/170"
+    assert [e.examples for e in result.epochs] == [540] * 8 + [15 * 32]
+
+
+def test_batches_per_execution_change_no_result(splits):
+    one = train(TrainConfig(SMALL.model, epochs=2, batch_size=32, steps_per_execution=1), splits)
+    several = train(TrainConfig(SMALL.model, epochs=2, batch_size=32, steps_per_execution=6), splits)
+    automatic = train(TrainConfig(SMALL.model, epochs=2, batch_size=32), splits)
+    metrics = lambda r: [(e.loss, e.accuracy, e.val_loss, e.val_accuracy, e.examples) for e in r.epochs]  # noqa: E731
+    assert metrics(one) == metrics(several) == metrics(automatic)
+
+
+def test_execution_steps_are_about_a_quarter_second_and_at_most_an_epoch():
+    from mnist_core.trainer import execution_steps
+
+    assert execution_steps(17_598_010, 100, 540) == 2  # the seed model: each batch is ~0.09 s of work
+    assert execution_steps(50_890, 512, 106) == 106  # a 1 x 64 net: the whole epoch in one call
+    assert execution_steps(10**10, 1000, 54) == 1
+
+
+def test_xla_is_chosen_for_long_runs_and_recorded_in_the_result(splits):
+    from mnist_core.trainer import use_xla
+
+    assert not use_xla(50_890, 54_000, 3) and use_xla(17_598_010, 54_000, 10)  # a tiny net vs the seed model
+    result = train(TrainConfig(MLPConfig(depth=1, width=8), epochs=1, batch_size=64), splits)
+    assert result.config.model.jit_compile is False  # decided, not left open
+    forced = train(TrainConfig(MLPConfig(depth=1, width=8, jit_compile=True), epochs=1, batch_size=64), splits)
+    assert forced.config.model.jit_compile is True
+
+
+def test_xla_and_plain_tensorflow_are_each_reproducible(splits):
+    for jit_compile in (True, False):
+        config = TrainConfig(MLPConfig(depth=2, width=32, dropout=0.2, jit_compile=jit_compile), epochs=2, batch_size=32)
+        first, again = train(config, splits), train(config, splits)
+        assert [e.val_accuracy for e in first.epochs] == [e.val_accuracy for e in again.epochs]
+        assert [e.loss for e in first.epochs] == [e.loss for e in again.epochs]
 
 
 def test_nan_loss_fails_with_reason(splits):

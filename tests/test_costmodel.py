@@ -1,0 +1,59 @@
+"""The cost model on hand-built studies: it learns per-batch and per-parameter costs, and one bad run cannot poison it."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from sweep import costmodel
+
+EXAMPLES = 54_000
+PER_BATCH, PER_PARAM_EXAMPLE, WARMUP = 2e-3, 4e-11, 1.5
+
+
+def _seconds_per_epoch(params: int, batch: int) -> float:
+    return math.ceil(EXAMPLES / batch) * PER_BATCH + params * EXAMPLES * PER_PARAM_EXAMPLE
+
+
+def _study(*trials: dict) -> optuna.Study:
+    study = optuna.create_study()
+    for attrs in trials:
+        study.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE, value=0.9, user_attrs=attrs))
+    return study
+
+
+def _trial(params: int, batch: int, steady_epochs: int = 3, slow: float = 1.0) -> dict:
+    per_epoch = _seconds_per_epoch(params, batch) * slow
+    return {"param_count": params, "batch_size": batch, "steady_epochs": steady_epochs,
+            "seconds_per_epoch": per_epoch, "warmup_seconds": per_epoch + WARMUP}
+
+
+SHAPES = [(50_000, 512), (50_000, 64), (670_000, 128), (4_000_000, 128), (17_600_000, 100)]
+
+
+def test_it_recovers_per_batch_and_per_parameter_costs():
+    model = costmodel.fit(_study(*(_trial(p, b) for p, b in SHAPES)), EXAMPLES)
+    assert model.trials == len(SHAPES)
+    assert model.per_batch == pytest.approx(PER_BATCH, rel=1e-6)
+    assert model.per_param_example == pytest.approx(PER_PARAM_EXAMPLE, rel=1e-6)
+    assert model.warmup == pytest.approx(WARMUP)
+    # Batch size matters: the same net at batch 64 costs more per epoch than at 512.
+    expected = WARMUP + 10 * _seconds_per_epoch(2_000_000, 64)
+    assert model.predict(2_000_000, EXAMPLES, 64, 10) == pytest.approx(expected, rel=1e-6)
+    assert model.predict(2_000_000, EXAMPLES, 64, 10) > model.predict(2_000_000, EXAMPLES, 512, 10)
+
+
+def test_one_disturbed_run_does_not_poison_it():
+    trials = [_trial(p, b) for p, b in SHAPES] + [_trial(9_500_000, 128, slow=10.0)]  # ten times too slow
+    model = costmodel.fit(_study(*trials), EXAMPLES)
+    assert model.trials == len(SHAPES)  # the outlier was left out of the refit
+    assert model.predict(9_500_000, EXAMPLES, 128, 15) == pytest.approx(WARMUP + 15 * _seconds_per_epoch(9_500_000, 128), rel=1e-3)
+
+
+def test_runs_without_a_steady_epoch_are_not_used_and_the_prior_stands_in():
+    # Stopped during the first epoch: warm-up dominated, nothing steady to learn from.
+    model = costmodel.fit(_study(_trial(4_000_000, 128, steady_epochs=0, slow=10.0), _trial(50_000, 512)), EXAMPLES)
+    assert model == costmodel.PRIOR and model.trials == 0

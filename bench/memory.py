@@ -1,60 +1,132 @@
-"""Resident memory across many training runs in one process (does `train` release each model?).
+"""Memory of a long sweep: resident memory of the whole `sweep run` process tree, trial after trial.
 
-Trains N small MLPs of varying size one after another on real MNIST and records RSS after each.
-Writes bench/results/memory.md (memory-jax.md with KERAS_BACKEND=jax).
+Runs `--trials` short trials of a small study on real MNIST, once with the default process recycling
+(`--recycle-every 25`) and once without (`--recycle-every 0`, what every sweep did before), sampling the
+resident memory of the sweep's process and all its children every 0.5 s; the figure for trial n is the
+last sample taken while n trials were done. Growth is measured from trial 10 to the last.
+Writes bench/results/memory.{json,md,png}.
 
-Usage: python bench/memory.py --data-dir ../shared/datasets/mnist --runs 50
+Usage: python bench/memory.py --data-dir ../shared/datasets/mnist [--trials 100]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
-import keras
 import psutil
 
-from mnist_core.data import load_splits, resolve_source
-from mnist_core.model import MLPConfig
-from mnist_core.trainer import TrainConfig, train
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from the project root: the tests' helpers are importable
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from tests.stores import TINY, finished, sweep_process  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+NAME = "memory"
+# The tests' tiny study, sized for short trials on real MNIST.
+STUDY = (
+    TINY.replace('name = "tiny"', f'name = "{NAME}"')
+    .replace("width = { low = 8, high = 32, log = true }", "width = { low = 32, high = 256, log = true }")
+    .replace("epochs = { low = 1, high = 2 }", "epochs = { low = 1, high = 1 }")
+    .replace("batch_size = 64", "batch_size = 512")
+)
+
+
+def tree_rss_mib(process: psutil.Process) -> float:
+    total = 0
+    for member in [process, *process.children(recursive=True)]:
+        try:
+            total += member.memory_info().rss
+        except psutil.NoSuchProcess:  # a worker that just ended
+            pass
+    return total / 2**20
+
+
+def sweep_memory(root: Path, data_dir: str, trials: int, recycle_every: int) -> dict:
+    store = root / f"store-{recycle_every}"
+    process = sweep_process("run", "--study", root / "memory.toml", "--store", store, "--data-dir", data_dir,
+                            "--trials", trials, "--recycle-every", recycle_every, stdout=subprocess.DEVNULL)
+    tree = psutil.Process(process.pid)
+    by_trial: dict[int, float] = {}
+    peak = 0.0
+    while process.poll() is None:
+        try:
+            rss = tree_rss_mib(tree)
+        except psutil.NoSuchProcess:
+            break
+        peak = max(peak, rss)
+        by_trial[len(finished(store, NAME))] = rss
+        time.sleep(0.5)
+    counts = sorted(by_trial)
+    last = counts[-1]
+    growth = (by_trial[last] - by_trial[10]) / (last - 10) if 10 in by_trial and last > 10 else None
+    return {"recycle_every": recycle_every, "trials": last, "peak_rss_mib": peak, "rss_after_10_mib": by_trial.get(10),
+            "rss_at_end_mib": by_trial[last], "growth_mib_per_trial": growth,
+            "rss_by_trial": {str(n): round(by_trial[n], 1) for n in counts}}
+
+
+def chart(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    for run in runs:
+        points = sorted((int(n), rss) for n, rss in run["rss_by_trial"].items())
+        label = f"recycled every {run['recycle_every']} trials" if run["recycle_every"] else "never recycled (before)"
+        ax.plot([n for n, _ in points], [rss for _, rss in points], marker=".", label=label)
+    ax.set_xlabel("trials finished")
+    ax.set_ylabel("resident memory of the process tree (MiB)")
+    ax.set_title("Memory of one `sweep run` over its trials")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--trials", type=int, default=100)
     args = parser.parse_args()
-    process = psutil.Process()
-    splits = load_splits(resolve_source(args.data_dir))
-    rss = []
-    started = time.perf_counter()
-    for i in range(args.runs):
-        config = TrainConfig(MLPConfig(depth=1 + i % 3, width=(64, 128, 256)[i % 3]), epochs=1, batch_size=256, seed=i)
-        train(config, splits)
-        rss.append(process.memory_info().rss / 2**20)
-        print(f"run {i + 1}: RSS {rss[-1]:.0f} MiB", flush=True)
-    seconds = time.perf_counter() - started
-    backend = keras.backend.backend()
-    first, last, peak = rss[0], rss[-1], max(rss)
-    tenth = rss[min(9, len(rss) - 1)]
+    command = f"python bench/memory.py --data-dir {args.data_dir} --trials {args.trials}"
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    started = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "memory.toml").write_text(STUDY)
+        runs = [sweep_memory(root, args.data_dir, args.trials, recycle) for recycle in (25, 0)]
+    default = runs[0]
+    result = {"command": command, "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+              "machine": f"{os.cpu_count()} CPU cores, TensorFlow backend, real MNIST",
+              "trials": default["trials"], "growth_mib_per_trial": default["growth_mib_per_trial"], "runs": runs}
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / ("memory.md" if backend == "tensorflow" else f"memory-{backend}.md")
-    prefix = "" if backend == "tensorflow" else f"KERAS_BACKEND={backend} "
-    path.write_text(
-        f"# Memory across training runs in one process ({backend} backend)\n\n"
-        f"Command: `{prefix}python bench/memory.py --data-dir {args.data_dir} --runs {args.runs}`  \n"
-        f"Date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n\n"
-        f"{args.runs} runs of 1-3 x 64-256 MLPs, 1 epoch each on real MNIST (54,000 examples), in one process: "
-        f"{seconds:.0f} s in all, {seconds / args.runs:.1f} s per run (model build, compilation, one epoch, validation).\n\n"
-        f"| RSS after run 1 | after run 10 | after run {args.runs} | peak | growth, runs 10 to {args.runs} |\n|---|---|---|---|---|\n"
-        f"| {first:.0f} MiB | {tenth:.0f} MiB | {last:.0f} MiB | {peak:.0f} MiB | {last - tenth:+.0f} MiB "
-        f"({(last - tenth) / max(len(rss) - 10, 1):+.1f} MiB/run) |\n\n"
-        f"RSS after each run (MiB): {', '.join(f'{r:.0f}' for r in rss)}\n"
-    )
-    print(path.read_text())
+    (RESULTS / "memory.json").write_text(json.dumps(result, indent=2) + "\n")
+    chart(runs, RESULTS / "memory.png")
+    lines = [
+        "# Memory of one sweep over its trials", "",
+        f"Command: `{command}` (commit {commit}, {(time.time() - started) / 60:.1f} min)  ",
+        f"Date: {result['date']}; machine: {result['machine']}.", "",
+        f"{args.trials} one-epoch trials (1-2 x 32-256, batch 512) per run; resident memory of the whole process tree.", "",
+        "| process | trials | after trial 10 | at the end | peak | growth per trial, trial 10 to the end |",
+        "|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        label = f"recycled every {run['recycle_every']} trials (default)" if run["recycle_every"] else "never recycled (before)"
+        growth = f"{run['growth_mib_per_trial']:+.2f} MiB" if run["growth_mib_per_trial"] is not None else "-"
+        lines.append(f"| {label} | {run['trials']} | {run['rss_after_10_mib']:.0f} MiB | {run['rss_at_end_mib']:.0f} MiB | "
+                     f"{run['peak_rss_mib']:.0f} MiB | {growth} |")
+    lines += ["", "![memory](memory.png)", ""]
+    (RESULTS / "memory.md").write_text("\n".join(lines))
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -59,8 +59,6 @@ def main() -> None:
         server = f"http://127.0.0.1:{port}"
         with serving("ui", "--store", store, "--port", port, ready=f"{server}/health") as (_, link):
             screenshot(link, DOCS / "mlflow-runs.png")
-            screenshot(f"{server}/#/experiments/{experiment}/runs?workflowType=machine_learning&viewStateShareKey=sweep"
-                       "&compareRunsMode=CHART", DOCS / "mlflow-charts.png")
             screenshot(f"{server}/#/experiments/{experiment}/runs/{parent}?workflowType=machine_learning", DOCS / "mlflow-sweep-run.png")
             screenshot(f"{server}/#/models/mnist-tradeoff/versions/1?workflowType=machine_learning", DOCS / "mlflow-model.png")
         port = free_port()
@@ -71,7 +69,6 @@ def main() -> None:
         f"Made by `{command}` on {time.strftime('%Y-%m-%d')} (real MNIST, {args.trials} trials of the default study, then `best`).\n\n"
         "| page | picture |\n|---|---|\n"
         "| `sweep ui`: the study's runs, best first, in MLflow's model-training view | ![runs](mlflow-runs.png) |\n"
-        "| the runs' charts | ![charts](mlflow-charts.png) |\n"
         "| the sweep's parent run: summary metrics stepped by trials, the study file, chart and CSV | ![parent](mlflow-sweep-run.png) |\n"
         "| the model registered by `best`, linked to its trial's run | ![model](mlflow-model.png) |\n"
         "| `sweep dashboard`: optuna-dashboard on the same study | ![dashboard](dashboard-study.png) |\n"

@@ -33,8 +33,8 @@ NOMINAL_RATE = 2e10
 STEP_OVERHEAD_SECONDS = 1e-3
 
 
-# XLA compiles each model once (a second or two here) and then runs its epochs faster: worth it when the
-# run has at least this many seconds of arithmetic at NOMINAL_RATE (bench/results/backends.md).
+# XLA compiles each model once, then runs its epochs faster (bench/results/backends.md): worth it when
+# the run has at least this many seconds of arithmetic at NOMINAL_RATE.
 XLA_MIN_SECONDS = 10.0
 
 

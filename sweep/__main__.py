@@ -1,3 +1,3 @@
-from sweep.cli import main
+from sweep.cli import entry
 
-raise SystemExit(main())
+raise SystemExit(entry())

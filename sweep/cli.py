@@ -22,6 +22,11 @@ from sweep.credentials import STORAGE_ENV, TRACKING_ENV, mask_url
 from sweep.hypermodel import DEFAULT_STUDY, StudyFileError, StudySpec, load_study, study_path
 
 DEFAULT_STORE = Path("mlruns")
+# TensorFlow keeps a few MiB of every model it traced (README, known limits): a sweep process makes way for a
+# fresh one after this many trials, so its memory stays flat (bench/results/memory.md).
+RECYCLE_EVERY = 25
+# Set by a sweep for the fresh process that replaces it: the sweep's deadline (time.time(); 0: none).
+DEADLINE_ENV = "SWEEP_DEADLINE"
 
 
 class CommandError(Exception):
@@ -44,6 +49,7 @@ def _number(kind: type, ok, what: str):
 
 
 POSITIVE_INT = _number(int, lambda v: v >= 1, "an integer >= 1")
+NON_NEGATIVE_INT = _number(int, lambda v: v >= 0, "an integer >= 0")
 POSITIVE_SECONDS = _number(float, lambda v: v > 0, "a positive number of seconds")
 TRIAL_SECONDS = _number(float, lambda v: v >= 1, "at least 1 second (one batch and a validation pass)")
 
@@ -134,8 +140,9 @@ def _load_data(args: argparse.Namespace, spec: StudySpec) -> tuple[Source, Split
     return source, load_splits(source, spec.validation_fraction, spec.split_seed)
 
 
-def _sweep_worker(args: argparse.Namespace, trials: int, deadline: float | None, worker: int) -> int:
-    """One of several worker processes: open the shared study, load the data, run trials until enough."""
+def _sweep_worker(args: argparse.Namespace, trials: int, deadline: float | None, worker: int) -> bool:
+    """One of several worker processes: open the shared study, load the data, run trials until enough
+    (or until it has run --recycle-every of them: then True, and the supervisor starts a fresh one)."""
     import optuna
 
     from sweep.tuner import SweepContext, parent_run, run_trials
@@ -145,7 +152,8 @@ def _sweep_worker(args: argparse.Namespace, trials: int, deadline: float | None,
     spec, study = _open(args, create=True)
     tracker = _tracker(args, study)
     context = SweepContext(spec, _load_data(args, spec)[1], tracker, parent_run(study, tracker, spec), deadline, _report_dir(args))
-    return run_trials(study, context, trials, write=lambda line: print(f"[worker {worker}] {line}", flush=True), progress=False)
+    write = lambda line: print(f"[worker {worker}] {line}", flush=True)  # noqa: E731
+    return run_trials(study, context, trials, write=write, progress=False, max_trials=args.recycle_every or None)[1]
 
 
 class Run(Command):
@@ -158,6 +166,8 @@ class Run(Command):
         parser.add_argument("--timeout", type=POSITIVE_SECONDS, help="wall-clock budget of this sweep in seconds")
         parser.add_argument("--trial-seconds", type=TRIAL_SECONDS, help="wall-clock budget per trial (default: the file's budget.trial_seconds)")
         parser.add_argument("--workers", type=POSITIVE_INT, default=1, help="worker processes sharing the study (default: 1)")
+        parser.add_argument("--recycle-every", type=NON_NEGATIVE_INT, default=RECYCLE_EVERY, metavar="K",
+                            help=f"start a fresh process after K trials, so memory stays flat (default: {RECYCLE_EVERY}; 0: never)")
 
     def take_action(self, args):
         from sweep.processes import interruptible
@@ -170,11 +180,14 @@ class Run(Command):
 
     def _sweep(self, args: argparse.Namespace) -> int:
         from sweep import oracle, tuner, workers
+        from sweep.processes import restart
 
         spec, study = _open(args, create=True)
         trials = args.trials or spec.trials
         timeout = args.timeout or spec.sweep_seconds
         deadline = time.time() + timeout if timeout else None
+        if DEADLINE_ENV in os.environ:  # this process is a recycled one: the sweep's deadline stands
+            deadline = float(os.environ.pop(DEADLINE_ENV)) or None
         _, splits = _load_data(args, spec)  # missing or bad data fails here, before any run is opened
         tracker = _tracker(args, study)
         parent = tuner.parent_run(study, tracker, spec)
@@ -184,7 +197,14 @@ class Run(Command):
         status = "FAILED"
         try:
             if args.workers == 1:
-                done = tuner.run_trials(study, tuner.SweepContext(spec, splits, tracker, parent, deadline, _report_dir(args)), trials)
+                context = tuner.SweepContext(spec, splits, tracker, parent, deadline, _report_dir(args))
+                while True:
+                    done, recycle = tuner.run_trials(study, context, trials, max_trials=args.recycle_every or None)
+                    if not recycle:
+                        break
+                    if args.restartable:  # the parent run stays RUNNING: the fresh process resumes it
+                        print(f"{args.recycle_every} trials run: starting a fresh process to release their memory", flush=True)
+                        restart({DEADLINE_ENV: repr(deadline or 0.0)})
             else:
                 del splits  # each worker process loads its own copy
                 workers.supervise(
@@ -369,7 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, restartable: bool = False) -> int:
+    """Run one command; exit code. `restartable`: the process is this command's own (`python -m sweep`,
+    `mnist-sweep`), so a long sweep may replace it by a fresh one to keep memory flat."""
     import optuna
 
     from sweep.best import SelectionError
@@ -381,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # argparse: --help (0) or a usage error (2), already printed
         return int(exit_.code or 0)
+    args.restartable = restartable
     try:
         return args.command.take_action(args)
     except (*USER_ERRORS, StorageError, SelectionError) as exc:
@@ -395,3 +418,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sweep: error: cannot write the store ({reason}); finished trials are kept: free space or fix "
               "permissions, then run the same command to resume", file=sys.stderr)
         return 2
+
+
+def entry() -> int:
+    """`mnist-sweep` and `python -m sweep`: this process is the command's own."""
+    return main(restartable=True)

@@ -11,9 +11,10 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
-from typing import Iterator, Sequence
+from typing import Iterator, NoReturn, Sequence
 
 STOP = threading.Event()
 # How long a stopped server may take to exit before its process group is killed.
@@ -79,3 +80,14 @@ def serve(argv: Sequence[str]) -> int:
             for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the clean-up short
                 signal.signal(sig, signal.SIG_IGN)
             stop_group(process)
+
+
+def restart(environment: dict[str, str]) -> NoReturn:
+    """Replace this process by a fresh run of the same command line, with `environment` added.
+
+    Same pid, same command: to the user, the journal and the other workers it is the same sweep, and a
+    kill -9 or SIGTERM reaches it as before; everything the old image held (TensorFlow's graphs) is gone.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **environment})

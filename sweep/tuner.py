@@ -125,6 +125,7 @@ def _skip(study: optuna.Study, ctx: SweepContext, trial: optuna.Trial, config: T
     model = costmodel.fit(study, len(ctx.splits.train))
     predicted = model.predict(n_params, len(ctx.splits.train), config.batch_size, config.epochs)
     trial.set_user_attr("predicted_seconds", predicted)
+    trial.set_user_attr("cost_model_trials", model.trials)  # 0: the nominal prior, not yet fitted
     if model.trials >= 2 and predicted > OVERRUN_FACTOR * seconds:
         reason = f"skipped: predicted {predicted:.0f} s for {n_params:,} parameters at batch {config.batch_size} > budget {seconds:.0f} s"
         return Outcome(TrialState.PRUNED, reason, {"param_count": n_params})
@@ -221,21 +222,25 @@ def _why_stop(study: optuna.Study, ctx: SweepContext, failures: int, skips: int)
 
 
 def run_trials(
-    study: optuna.Study, ctx: SweepContext, trials: int, write: Callable[[str], None] = print_line, progress: bool = True
-) -> int:
+    study: optuna.Study, ctx: SweepContext, trials: int, write: Callable[[str], None] = print_line, progress: bool = True,
+    max_trials: int | None = None,
+) -> tuple[int, bool]:
     """Run trials until `trials` have trained in the study (all workers together), or nothing more can.
 
     A trial starts only while trained + running trials fall short of `trials`, so parallel workers
     never overshoot; a worker with no free slot waits, since a running trial may still fail. Asking
     stops when the sweep budget left is shorter than any first epoch seen, or after
     MAX_CONSECUTIVE_SKIPS trials in a row could not fit (or MAX_CONSECUTIVE_FAILURES failed).
+    Returns the study's trained trials, and whether this call stopped after `max_trials` of its own
+    with work left (the process should be recycled: TensorFlow keeps memory of every model it traced).
     """
     # Everything alive now (modules, TensorFlow, MLflow, the data) lives as long as the sweep: keep it out
     # of the garbage collector's sight, so each trial's collection walks only what trials create
     # (bench/results/README.md). Collect first: frozen garbage stays.
     gc.collect()
     gc.freeze()
-    failures = skips = 0
+    failures = skips = ran = 0
+    recycle = False
     charted = time.monotonic()
     unreported = False  # trials finished since the chart and CSV were last written
     with tqdm(total=trials, initial=count_finished(study), desc=study.study_name, unit="trial", dynamic_ncols=True, disable=not progress) as bar:
@@ -245,6 +250,9 @@ def run_trials(
             bar.n = count_finished(study)
             bar.refresh()
             if bar.n >= trials:
+                break
+            if max_trials is not None and ran >= max_trials:
+                recycle = True
                 break
             why = _why_stop(study, ctx, failures, skips)
             if why:
@@ -259,6 +267,7 @@ def run_trials(
                 time.sleep(POLL_SECONDS)
                 continue
             frozen = run_trial(study, ctx, trial)
+            ran += 1
             write(describe(frozen))
             failures = failures + 1 if frozen.state == TrialState.FAIL else 0
             skips = skips + 1 if frozen.state == TrialState.PRUNED and not trained(frozen) else 0
@@ -269,7 +278,7 @@ def run_trials(
                 unreported, charted = False, time.monotonic()
     if unreported:  # the chart and CSV show every trial once the sweep ends
         write_report(study, ctx.report_dir / study.study_name, ctx.tracker)
-    return count_finished(study)
+    return count_finished(study), recycle
 
 
 def parent_run(study: optuna.Study, tracker: Tracker, spec: StudySpec) -> str:

@@ -112,20 +112,26 @@ def recover(study: optuna.Study, tracker: Tracker, write: Callable[[str], None])
         write(f"trial {trial.number:4d} FAIL     ({reason}; {retried})")
 
 
-def _worker_main(work: Callable[[int], object], number: int) -> None:
+# A worker's exit status when it stopped to be replaced by a fresh process (memory), not because of a failure.
+RECYCLE_EXIT = 75
+
+
+def _worker_main(work: Callable[[int], bool], number: int) -> None:
     try:
         with interruptible():
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which sends SIGTERM
-            work(number)
+            recycle = work(number)
     except KeyboardInterrupt:
         sys.exit(130)
+    sys.exit(RECYCLE_EXIT if recycle else 0)
 
 
-def supervise(work: Callable[[int], object], count: int, work_left: Callable[[], bool], bound: int) -> None:
-    """Run `work(number)` in `count` spawned processes; one killed by a signal is replaced while `work_left()`.
+def supervise(work: Callable[[int], bool], count: int, work_left: Callable[[], bool], bound: int) -> None:
+    """Run `work(number)` in `count` spawned processes, each replaced while `work_left()` when it asks to be
+    recycled (`work` returned True) or was killed by a signal (out of memory, kill -9).
 
-    `work` must pickle (a module-level function or a partial of one). At most `bound` replacements, in
-    case every worker dies at start. Interrupted, each worker gets SIGTERM, closes its trial and exits.
+    `work` must pickle (a module-level function or a partial of one). At most `bound` replacements of killed
+    workers, in case every worker dies at start. Interrupted, each worker gets SIGTERM, closes its trial and exits.
     """
     context = multiprocessing.get_context("spawn")
     workers: dict[int, multiprocessing.Process] = {}
@@ -143,7 +149,9 @@ def supervise(work: Callable[[int], object], count: int, work_left: Callable[[],
                 if process.exitcode is None:
                     continue
                 del workers[number]
-                if process.exitcode < 0 and bound > 0 and work_left():
+                if process.exitcode == RECYCLE_EXIT and work_left():
+                    start(number)
+                elif process.exitcode < 0 and bound > 0 and work_left():
                     bound -= 1
                     print(f"[worker {number}] killed by {signal.Signals(-process.exitcode).name}; starting a new worker", flush=True)
                     start(number)

@@ -91,11 +91,11 @@ def wait_for(condition, process: subprocess.Popen | None = None, seconds: float 
 
 
 def sweep_process(*argv, **options) -> subprocess.Popen:
-    """`python -m sweep ARGV` as a real child process, output captured as text."""
+    """`python -m sweep ARGV` as a real child process, output captured as text (unless `options` say otherwise)."""
+    options = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, **options}
     return subprocess.Popen(
         [sys.executable, "-m", "sweep", *map(str, argv)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"}, **options,
+        cwd=ROOT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, **options,
     )
 
 

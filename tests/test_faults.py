@@ -12,6 +12,7 @@ import os
 import resource
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -222,3 +223,37 @@ def test_read_only_store_is_refused_and_left_as_it_was(cli, read_only_view, monk
     monkeypatch.setattr(cli, "store", writable)
     assert cli("run", "--trials", "2")[0] == 0
     assert_consistent(writable, finished=2)
+
+
+def test_a_long_sweep_recycles_its_process_and_keeps_its_pid(tmp_path, idx_dir, study_file):
+    # After every 2 trials the sweep replaces its own process image (memory back to a fresh start):
+    # same pid, same command, nothing lost, one parent run.
+    store = tmp_path / "store"
+    process = sweep_process("run", "--study", study_file, "--store", store, "--data-dir", idx_dir, "--trials", "5",
+                            "--recycle-every", "2")
+    out, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, out
+    assert out.count("starting a fresh process") == 2 and "5/5 trials trained" in out
+    done = load(store).get_trials(states=FINISHED)
+    assert {t.user_attrs["pid"] for t in done} == {process.pid}
+    assert_consistent(store, finished=5)
+
+
+def test_recycled_workers_are_replaced_until_the_total_is_reached(tmp_path, idx_dir, study_file):
+    store = tmp_path / "store"
+    process = sweep_process("run", "--study", study_file, "--store", store, "--data-dir", idx_dir, "--trials", "4",
+                            "--workers", "2", "--recycle-every", "1")
+    out, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, out
+    assert "killed by" not in out  # a recycled worker is not a failure
+    assert len({t.user_attrs["pid"] for t in load(store).get_trials(states=FINISHED)}) == 4  # one fresh process a trial
+    assert_consistent(store, finished=4)
+
+
+def test_a_recycled_process_keeps_the_sweeps_deadline(cli, monkeypatch):
+    import os
+
+    monkeypatch.setenv("SWEEP_DEADLINE", repr(time.time() - 1))  # what a sweep hands the process replacing it
+    code, out, _ = cli("run", "--trials", "3", "--timeout", "3600")
+    assert code == 0 and "stopping: the sweep budget is spent" in out and "0/3 trials trained" in out
+    assert "SWEEP_DEADLINE" not in os.environ  # consumed, not passed on to workers

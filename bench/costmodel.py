@@ -1,0 +1,94 @@
+"""The cost model on a real sweep: how well does it predict a trial's seconds, and is budget still wasted?
+
+Runs the default study on real MNIST for `--minutes` on a fresh store, then compares each trial's
+`predicted_seconds` (made before it ran, by `sweep/costmodel.py` fitted on the trials before it) with
+its measured `train_seconds`. Only trials that completed count for the error (a stopped trial's time is
+not the time it would have taken). A trial counts as *cut after half its budget* when it was stopped
+at its deadline, or by the projection after more than half of its budget was spent.
+Writes bench/results/costmodel.{json,md}.
+
+Usage: python bench/costmodel.py --data-dir ../shared/datasets/mnist [--minutes 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from optuna.trial import TrialState
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from the project root: the tests' helpers are importable
+
+from sweep.hypermodel import DEFAULT_STUDY, load_study  # noqa: E402
+from tests.stores import load  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--minutes", type=float, default=20)
+    args = parser.parse_args()
+    command = f"python bench/costmodel.py --data-dir {args.data_dir} --minutes {args.minutes:g}"
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    budget = load_study(DEFAULT_STUDY).trial_seconds
+    with tempfile.TemporaryDirectory() as store:
+        subprocess.run([sys.executable, "-m", "sweep", "run", "--trials", "1000", "--timeout", str(args.minutes * 60),
+                        "--data-dir", args.data_dir, "--store", store], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        trials = load(Path(store), "tradeoff").trials
+    rows, cut = [], []
+    for t in trials:
+        attrs = t.user_attrs
+        reason = attrs.get("reason") or ""
+        spent = attrs.get("train_seconds")
+        if reason.startswith("budget:") or (reason.startswith("over_budget") and spent and spent > budget / 2):
+            cut.append({"trial": t.number, "reason": reason, "train_seconds": spent})
+        if t.state == TrialState.COMPLETE and attrs.get("predicted_seconds"):
+            error = 100 * (attrs["predicted_seconds"] - spent) / spent
+            rows.append({"trial": t.number, "params": t.params, "param_count": attrs["param_count"],
+                         "fitted_on": attrs.get("cost_model_trials", 0), "predicted_seconds": attrs["predicted_seconds"],
+                         "train_seconds": spent, "error_pct": error})
+    fitted = [r for r in rows if r["fitted_on"] >= 2]  # before that, the nominal prior predicts
+    errors = [abs(r["error_pct"]) for r in fitted]
+    result = {
+        "command": command, "commit": commit, "machine": f"{os.cpu_count()} CPU cores, TensorFlow backend, real MNIST",
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"), "trial_budget_seconds": budget, "trials": len(trials),
+        "completed_with_prediction": len(fitted),
+        "median_abs_error_pct": statistics.median(errors) if errors else None,
+        "worst_abs_error_pct": max(errors) if errors else None,
+        "cut_after_half_budget": len(cut), "cut": cut,
+        "skipped": sum((t.user_attrs.get("reason") or "").startswith("skipped") for t in trials),
+        "predictions": rows,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "costmodel.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [
+        "# The cost model on a real sweep", "",
+        f"Command: `{command}` (commit {commit})  ",
+        f"Date: {result['date']}; machine: {result['machine']}; per-trial budget {budget:g} s.", "",
+        f"{len(trials)} trials in {args.minutes:g} minutes; {result['skipped']} skipped before training as predicted not to fit.", "",
+        "| completed trials predicted by the fitted model | median absolute error | worst absolute error | trials cut after half their budget |",
+        "|---|---|---|---|",
+        f"| {len(fitted)} | {result['median_abs_error_pct']:.1f}% | {result['worst_abs_error_pct']:.1f}% | {len(cut)} |"
+        if errors else f"| 0 | - | - | {len(cut)} |",
+        "", "| trial | params | fitted on | predicted s | measured s | error |", "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        shape = f"{r['params'].get('depth')} x {r['params'].get('width')}, {r['params'].get('epochs')} ep, batch {r['params'].get('batch_size')}"
+        lines.append(f"| {r['trial']} | {shape} | {r['fitted_on'] or 'prior'} | {r['predicted_seconds']:.1f} | "
+                     f"{r['train_seconds']:.1f} | {r['error_pct']:+.0f}% |")
+    (RESULTS / "costmodel.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

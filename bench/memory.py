@@ -33,7 +33,7 @@ NAME = "memory"
 STUDY = (
     TINY.replace('name = "tiny"', f'name = "{NAME}"')
     .replace("width = { low = 8, high = 32, log = true }", "width = { low = 32, high = 256, log = true }")
-    .replace("epochs = { low = 1, high = 2 }", "epochs = { low = 1, high = 1 }")
+    .replace("epochs = { low = 1, high = 2 }", "epochs = { choices = [1] }")
     .replace("batch_size = 64", "batch_size = 512")
 )
 
@@ -63,6 +63,8 @@ def sweep_memory(root: Path, data_dir: str, trials: int, recycle_every: int) -> 
         peak = max(peak, rss)
         by_trial[len(finished(store, NAME))] = rss
         time.sleep(0.5)
+    if process.returncode:
+        sys.exit(f"the sweep failed (exit {process.returncode}): run it by hand to see why")
     counts = sorted(by_trial)
     last = counts[-1]
     growth = (by_trial[last] - by_trial[10]) / (last - 10) if 10 in by_trial and last > 10 else None

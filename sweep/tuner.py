@@ -94,7 +94,7 @@ def run_trial(study: optuna.Study, ctx: SweepContext, trial: optuna.Trial) -> Fr
         trial.set_user_attr("batch_size", config.batch_size)  # what the cost model needs, searched or fixed
         trial.set_user_attr("epochs", config.epochs)
         seconds = ctx.spec.trial_seconds if ctx.deadline is None else min(ctx.spec.trial_seconds, ctx.deadline - time.time())
-        outcome = _skip(trial.study, ctx, trial, config, seconds)
+        outcome = _skip(ctx, trial, config, seconds)
         if outcome is None:
             run_id = _open_run(ctx, trial, config)
             outcome = _train(ctx, trial, config, seconds, run_id)
@@ -116,13 +116,13 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
-def _skip(study: optuna.Study, ctx: SweepContext, trial: optuna.Trial, config: TrainConfig, seconds: float) -> Outcome | None:
+def _skip(ctx: SweepContext, trial: optuna.Trial, config: TrainConfig, seconds: float) -> Outcome | None:
     """PRUNED before training when the trial cannot fit: the sweep budget is spent, or the study's cost
     model (once fitted on two trials) predicts it would overrun. The prediction is kept on the trial."""
     n_params = param_count(config.model)
     if seconds <= 0:
         return Outcome(TrialState.PRUNED, "skipped: sweep budget spent", {"param_count": n_params})
-    model = costmodel.fit(study, len(ctx.splits.train))
+    model = costmodel.fit(trial.study, len(ctx.splits.train))
     predicted = model.predict(n_params, len(ctx.splits.train), config.batch_size, config.epochs)
     trial.set_user_attr("predicted_seconds", predicted)
     trial.set_user_attr("cost_model_trials", model.trials)  # 0: the nominal prior, not yet fitted

@@ -22,8 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+from common import RESULTS, ROOT, commit  # bench/common.py
 SIZES = {  # depth, width, batch, epochs
     "1x64": (1, 64, 512, 3),
     "1x256": (1, 256, 128, 3),
@@ -93,12 +92,12 @@ def main() -> None:
                        check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         results[path] = json.loads(out.read_text())
     command = f"python bench/backends.py --data-dir {args.data_dir}"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    measured = commit()
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "backends.json").write_text(json.dumps({"command": command, "commit": commit, "results": results}, indent=2) + "\n")
+    (RESULTS / "backends.json").write_text(json.dumps({"command": command, "commit": measured, "results": results}, indent=2) + "\n")
     lines = [
         "# Training speed vs the hardware limit: the default path vs the old one", "",
-        f"Command: `{command}` (commit {commit})  ",
+        f"Command: `{command}` (commit {measured})  ",
         f"Date: {time.strftime('%Y-%m-%d %H:%M %Z')}; {os.cpu_count()} CPU cores, TensorFlow backend; 54,000 training examples per epoch.", "",
         "Old: plain TensorFlow, one batch per traced call. Default: several batches per traced call (about "
         "0.25 s of work each), XLA where the run repays compiling. Measured matrix-multiply throughput (float32, "

@@ -13,7 +13,6 @@ Usage: python bench/costmodel.py --data-dir ../shared/datasets/mnist [--minutes 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -24,13 +23,10 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a script from the project root: the tests' helpers are importable
+from common import ROOT, commit, publish  # bench/common.py: puts the project on sys.path
 
 from sweep.hypermodel import DEFAULT_STUDY, load_study  # noqa: E402
 from tests.stores import load  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results"
 
 
 def main() -> None:
@@ -39,7 +35,6 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=20)
     args = parser.parse_args()
     command = f"python bench/costmodel.py --data-dir {args.data_dir} --minutes {args.minutes:g}"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     budget = load_study(DEFAULT_STUDY).trial_seconds
     with tempfile.TemporaryDirectory() as store:
         subprocess.run([sys.executable, "-m", "sweep", "run", "--trials", "1000", "--timeout", str(args.minutes * 60),
@@ -60,7 +55,7 @@ def main() -> None:
     fitted = [r for r in rows if r["fitted_on"] >= 2]  # before that, the nominal prior predicts
     errors = [abs(r["error_pct"]) for r in fitted]
     result = {
-        "command": command, "commit": commit, "machine": f"{os.cpu_count()} CPU cores, TensorFlow backend, real MNIST",
+        "command": command, "commit": commit(), "machine": f"{os.cpu_count()} CPU cores, TensorFlow backend, real MNIST",
         "date": time.strftime("%Y-%m-%d %H:%M %Z"), "trial_budget_seconds": budget, "trials": len(trials),
         "completed_with_prediction": len(fitted),
         "median_abs_error_pct": statistics.median(errors) if errors else None,
@@ -69,11 +64,9 @@ def main() -> None:
         "skipped": sum((t.user_attrs.get("reason") or "").startswith("skipped") for t in trials),
         "predictions": rows,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "costmodel.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         "# The cost model on a real sweep", "",
-        f"Command: `{command}` (commit {commit})  ",
+        f"Command: `{command}` (commit {result['commit']})  ",
         f"Date: {result['date']}; machine: {result['machine']}; per-trial budget {budget:g} s.", "",
         f"{len(trials)} trials in {args.minutes:g} minutes; {result['skipped']} skipped before training as predicted not to fit.", "",
         "| completed trials predicted by the fitted model | median absolute error | worst absolute error | trials cut after half their budget |",
@@ -86,8 +79,7 @@ def main() -> None:
         shape = f"{r['params'].get('depth')} x {r['params'].get('width')}, {r['params'].get('epochs')} ep, batch {r['params'].get('batch_size')}"
         lines.append(f"| {r['trial']} | {shape} | {r['fitted_on'] or 'prior'} | {r['predicted_seconds']:.1f} | "
                      f"{r['train_seconds']:.1f} | {r['error_pct']:+.0f}% |")
-    (RESULTS / "costmodel.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish("costmodel", result, lines)
 
 
 if __name__ == "__main__":

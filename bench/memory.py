@@ -12,7 +12,6 @@ Usage: python bench/memory.py --data-dir ../shared/datasets/mnist [--trials 100]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -22,20 +21,13 @@ from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a script from the project root: the tests' helpers are importable
+from common import RESULTS, commit, publish  # bench/common.py: puts the project on sys.path
 
-from tests.stores import TINY, finished, sweep_process  # noqa: E402
+from tests.stores import finished, study_text, sweep_process  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
 NAME = "memory"
 # The tests' tiny study, sized for short trials on real MNIST.
-STUDY = (
-    TINY.replace('name = "tiny"', f'name = "{NAME}"')
-    .replace("width = { low = 8, high = 32, log = true }", "width = { low = 32, high = 256, log = true }")
-    .replace("epochs = { low = 1, high = 2 }", "epochs = { choices = [1] }")
-    .replace("batch_size = 64", "batch_size = 512")
-)
+STUDY = study_text(NAME, width="{ low = 32, high = 256, log = true }", epochs="{ choices = [1] }", batch_size="512")
 
 
 def tree_rss_mib(process: psutil.Process) -> float:
@@ -100,22 +92,20 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=100)
     args = parser.parse_args()
     command = f"python bench/memory.py --data-dir {args.data_dir} --trials {args.trials}"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "memory.toml").write_text(STUDY)
         runs = [sweep_memory(root, args.data_dir, args.trials, recycle) for recycle in (25, 0)]
     default = runs[0]
-    result = {"command": command, "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+    result = {"command": command, "commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M %Z"),
               "machine": f"{os.cpu_count()} CPU cores, TensorFlow backend, real MNIST",
               "trials": default["trials"], "growth_mib_per_trial": default["growth_mib_per_trial"], "runs": runs}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "memory.json").write_text(json.dumps(result, indent=2) + "\n")
     chart(runs, RESULTS / "memory.png")
     lines = [
         "# Memory of one sweep over its trials", "",
-        f"Command: `{command}` (commit {commit}, {(time.time() - started) / 60:.1f} min)  ",
+        f"Command: `{command}` (commit {result['commit']}, {(time.time() - started) / 60:.1f} min)  ",
         f"Date: {result['date']}; machine: {result['machine']}.", "",
         f"{args.trials} one-epoch trials (1-2 x 32-256, batch 512) per run; resident memory of the whole process tree.", "",
         "| process | trials | after trial 10 | at the end | peak | growth per trial, trial 10 to the end |",
@@ -126,9 +116,8 @@ def main() -> None:
         growth = f"{run['growth_mib_per_trial']:+.2f} MiB" if run["growth_mib_per_trial"] is not None else "-"
         lines.append(f"| {label} | {run['trials']} | {run['rss_after_10_mib']:.0f} MiB | {run['rss_at_end_mib']:.0f} MiB | "
                      f"{run['peak_rss_mib']:.0f} MiB | {growth} |")
-    lines += ["", "![memory](memory.png)", ""]
-    (RESULTS / "memory.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    lines += ["", "![memory](memory.png)"]
+    publish("memory", result, lines)
 
 
 if __name__ == "__main__":

@@ -25,22 +25,15 @@ import optuna
 import psutil
 from optuna.trial import TrialState
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a script from the project root: the tests' helpers are importable
+from common import RESULTS, ROOT  # bench/common.py: puts the project on sys.path
 
 from sweep.oracle import FINISHED  # noqa: E402
-from tests.stores import TINY, finished, load, runs, sweep_process, training_trial, wait_for  # noqa: E402
+from tests.stores import finished, load, runs, study_text, sweep_process, training_trial, wait_for  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
 NAME = "faults"
 # The tests' tiny study, sized for real MNIST.
-STUDY = (
-    TINY.replace('name = "tiny"', f'name = "{NAME}"')
-    .replace("width = { low = 8, high = 32, log = true }", "width = { low = 32, high = 256, log = true }")
-    .replace("epochs = { low = 1, high = 2 }", "epochs = { low = 1, high = 3 }")
-    .replace("learning_rate = { low = 1e-3, high = 1e-2, log = true }", "learning_rate = { low = 3e-4, high = 3e-3, log = true }")
-    .replace("batch_size = 64", "batch_size = 256")
-)
+STUDY = study_text(NAME, width="{ low = 32, high = 256, log = true }", epochs="{ low = 1, high = 3 }",
+                   learning_rate="{ low = 3e-4, high = 3e-3, log = true }", batch_size="256")
 
 
 class Store:

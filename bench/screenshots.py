@@ -15,8 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a script from the project root: the tests' helpers are importable
+from common import ROOT  # bench/common.py: puts the project on sys.path
 
 from sweep.tracking import PARENT_ATTR  # noqa: E402
 from tests.servers import free_port, serving  # noqa: E402

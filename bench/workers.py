@@ -9,7 +9,6 @@ Usage: python bench/workers.py --data-dir ../shared/datasets/mnist [--trials 10]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -17,12 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a script from the project root: the tests' helpers are importable
+from common import ROOT, commit, publish  # bench/common.py: puts the project on sys.path
 
 from tests.stores import load  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results"
 
 
 def main() -> None:
@@ -32,7 +28,6 @@ def main() -> None:
     parser.add_argument("--trial-seconds", type=float, default=30)
     args = parser.parse_args()
     command = f"python bench/workers.py --data-dir {args.data_dir} --trials {args.trials} --trial-seconds {args.trial_seconds:g}"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     started = time.time()
     with tempfile.TemporaryDirectory() as store:
         done = subprocess.run(
@@ -57,17 +52,15 @@ def main() -> None:
         for t in first
     ]
     result = {
-        "command": command, "commit": commit, "machine": f"{os.cpu_count()} CPU cores, TensorFlow backend, real MNIST",
+        "command": command, "commit": commit(), "machine": f"{os.cpu_count()} CPU cores, TensorFlow backend, real MNIST",
         "date": time.strftime("%Y-%m-%d %H:%M %Z"), "seconds": round(time.time() - started, 1),
         "workers": len({r["worker_pid"] for r in rows}), "trials": rows,
         "duplicate_pairs": duplicates, "first_trials_distinct": not duplicates,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "workers.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         "# Parallel workers explore different configurations",
         "",
-        f"Command: `{command}` (commit {commit}, {result['seconds'] / 60:.1f} min)  ",
+        f"Command: `{command}` (commit {result['commit']}, {result['seconds'] / 60:.1f} min)  ",
         f"Date: {result['date']}; machine: {result['machine']}.",
         "",
         f"The first {len(rows)} trials of the default study, run by {result['workers']} worker processes: "
@@ -83,8 +76,7 @@ def main() -> None:
         seconds = f"{r['train_seconds']:.1f}" if r["train_seconds"] is not None else "-"
         lines.append(f"| {r['number']} | {r['worker_pid']} | {r['state']} | {p.get('depth')} | {p.get('width')} | {p.get('epochs')} | "
                      f"{p.get('learning_rate', 0):.2e} | {p.get('batch_size')} | {p.get('dropout', 0):.3f} | {accuracy} | {seconds} |")
-    (RESULTS / "workers.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish("workers", result, lines)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Plain helpers (no pytest): `bench/reliability.py` injects its faults with them t
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -43,6 +44,15 @@ learning_rate = { low = 1e-3, high = 1e-2, log = true }
 [fixed]
 batch_size = 64
 """
+
+
+def study_text(name: str = "tiny", **values: str) -> str:
+    """TINY under another name, with some of its `key = value` lines given other values (TOML text)."""
+    text = TINY.replace('name = "tiny"', f'name = "{name}"')
+    for key, value in values.items():
+        text, found = re.subn(rf"^{key} = .*$", f"{key} = {value}", text, flags=re.MULTILINE)
+        assert found == 1, key
+    return text
 
 
 def load(store: Path, name: str = "tiny") -> optuna.Study:

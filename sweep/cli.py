@@ -157,12 +157,12 @@ def _sweep_worker(args: argparse.Namespace, trials: int, deadline: float | None,
 
 
 class Run(Command):
-    help = "run (or resume) a study until --trials trials have finished"
+    help = "run (or resume) a study until --trials trials have trained"
 
     def add_arguments(self, parser):
         _add_study_arguments(parser)
         _add_data_argument(parser)
-        parser.add_argument("--trials", type=POSITIVE_INT, help="finished trials wanted in total (default: the file's study.trials)")
+        parser.add_argument("--trials", type=POSITIVE_INT, help="trained trials wanted in total (default: the file's study.trials)")
         parser.add_argument("--timeout", type=POSITIVE_SECONDS, help="wall-clock budget of this sweep in seconds")
         parser.add_argument("--trial-seconds", type=TRIAL_SECONDS, help="wall-clock budget per trial (default: the file's budget.trial_seconds)")
         parser.add_argument("--workers", type=POSITIVE_INT, default=1, help="worker processes sharing the study (default: 1)")

@@ -17,9 +17,6 @@ import keras
 from mnist_core.data import Splits, make_dataset
 from mnist_core.model import MLPConfig, build_mlp, param_count
 
-# A run whose time, projected from its measured batches, exceeds its budget cannot finish: stop it
-# early rather than let it spend the whole budget and be cut at the deadline.
-PROJECTED_OVERRUN = 1.0
 # Wall clock; a module attribute so tests can replace it with a fake one.
 clock = time.perf_counter
 # Batches timed (after the first execution, which includes tracing) before projecting the run's time.
@@ -190,7 +187,9 @@ class _Monitor(keras.callbacks.Callback):
         if self.deadline < math.inf and self.steps - start_steps >= PROJECTION_BATCHES:
             per_step = (now - start) / (self.steps - start_steps)
             projected = self.budget.seconds - (self.deadline - now) + per_step * (self.total_steps - self.steps)
-            if projected > PROJECTED_OVERRUN * self.budget.seconds:
+            # Projected past its budget, the run cannot finish: stop it now rather than let it spend
+            # the whole budget and be cut at the deadline.
+            if projected > self.budget.seconds:
                 self._stop(f"over_budget: projected {projected:.0f} s > budget {self.budget.seconds:g} s")
 
     def on_epoch_end(self, epoch, logs=None):

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from mnist_core.data import DataError, Source, Splits, load_splits, resolve_source
-from sweep.credentials import STORAGE_ENV, TRACKING_ENV, mask_url
+from sweep.credentials import STORAGE_ENV, TRACKING_ENV, mask_url, redact
 from sweep.hypermodel import DEFAULT_STUDY, StudyFileError, StudySpec, load_study, study_path
 
 DEFAULT_STORE = Path("mlruns")
@@ -93,7 +93,6 @@ def _tracking_uri(args: argparse.Namespace) -> str:
 
 def _tracker(args: argparse.Namespace, study):
     """The MLflow experiment of `study` in this store (or on the tracking server)."""
-    from sweep.credentials import redact
     from sweep.tracking import Tracker
 
     uri = _tracking_uri(args)

@@ -52,7 +52,7 @@ def _fit(features: np.ndarray, seconds: np.ndarray) -> np.ndarray:
     for column in range(2):
         single = np.zeros(2)
         x = weighted[:, column]
-        single[column] = max(x @ np.ones(len(x)) / (x @ x), 0.0) if x @ x > 0 else 0.0
+        single[column] = max(x.sum() / (x @ x), 0.0) if x @ x > 0 else 0.0
         error = np.sum((weighted @ single - 1) ** 2)
         if error < best_error:
             best, best_error = single, error

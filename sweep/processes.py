@@ -43,12 +43,13 @@ def check_stop() -> None:
         raise KeyboardInterrupt
 
 
-def _group_alive(pgid: int) -> bool:
+def alive(pid: int, group: bool = False) -> bool:
+    """Whether process `pid` (with `group`: any member of process group `pid`) still exists."""
     try:
-        os.killpg(pgid, 0)
+        (os.killpg if group else os.kill)(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # a member owned by someone else: still there
+    except PermissionError:  # owned by another user: still there
         return True
     return True
 
@@ -61,7 +62,7 @@ def stop_group(process: subprocess.Popen, grace: float = GRACE_SECONDS) -> None:
     deadline = time.monotonic() + grace
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=grace)
-    while _group_alive(pgid) and time.monotonic() < deadline:
+    while alive(pgid, group=True) and time.monotonic() < deadline:
         time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)

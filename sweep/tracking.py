@@ -36,6 +36,7 @@ PARENT_ATTR = "mlflow_parent_run_id"
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # The runs table a study opens on (`sweep ui` links to it): MLflow's shared view state, an experiment tag.
 VIEW_KEY = "sweep"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 VIEW_COLUMNS = ("best_val_accuracy", "train_seconds", "param_count", "best_epoch", "epochs_run")
 
 for _noisy in ("alembic", "mlflow"):
@@ -63,7 +64,7 @@ def study_url(tracking_uri: str, study_name: str, server: str) -> str:
         experiment = MlflowClient(tracking_uri).get_experiment_by_name(study_name)
     if experiment is None:
         return server
-    view = f"&viewStateShareKey={VIEW_KEY}" if f"mlflow.sharedViewState.{VIEW_KEY}" in experiment.tags else ""
+    view = f"&viewStateShareKey={VIEW_KEY}" if VIEW_TAG in experiment.tags else ""
     # MLflow 3 starts in its GenAI mode; workflowType picks the model-training one for this page.
     return f"{server}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning{view}"
 
@@ -191,7 +192,7 @@ class Tracker:
             "useGroupedValuesInCharts": True, "hideEmptyCharts": True, "groupBy": None, "groupsExpanded": {},
             "autoRefreshEnabled": True, "globalLineChartConfig": {"xAxisKey": "step", "lineSmoothness": 0, "selectedXAxisMetricKey": ""},
         }
-        tags = {**EXPERIMENT_KIND, f"mlflow.sharedViewState.{VIEW_KEY}": json.dumps(view)}
+        tags = {**EXPERIMENT_KIND, VIEW_TAG: json.dumps(view)}
         for key, value in tags.items():
             self.client.set_experiment_tag(self.experiment_id, key, value)
 

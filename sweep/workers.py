@@ -20,7 +20,7 @@ from typing import Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep.processes import interruptible
+from sweep.processes import alive, interruptible
 from sweep.tracking import Tracker
 
 HEARTBEAT_SECONDS = 20.0
@@ -59,23 +59,13 @@ class Heartbeat:
         self._thread.join()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by another user
-        return True
-    return True
-
-
 def stale_reason(trial: FrozenTrial, now: float | None = None) -> str | None:
     """Why a RUNNING trial's worker is gone (its process died, or its heartbeat stopped), else None."""
     attrs = trial.user_attrs
     if attrs.get("host") == HOST and attrs.get("pid") is not None:
         if attrs["pid"] == os.getpid():  # only called between trials: this process runs none now
             return "abandoned by an earlier sweep in this process"
-        if not _pid_alive(attrs["pid"]):
+        if not alive(attrs["pid"]):
             return f"worker died: process {attrs['pid']} on {HOST} is gone"
     last = attrs.get("heartbeat") or (trial.datetime_start.timestamp() if trial.datetime_start else None)
     silent = (now or time.time()) - last if last else 0.0

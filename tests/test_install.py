@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -12,8 +13,11 @@ from tests.stores import ROOT, load
 
 
 def test_a_wheel_install_runs_the_default_study_from_another_directory(tmp_path, idx_dir):
+    # Built from a copy: setuptools builds in the source folder, and a stale build/ there could ship old modules.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "mlruns", "*.egg-info", "__pycache__"))
     dist = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", dist, ROOT],
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", dist, source],
                    check=True, cwd=tmp_path)
     (wheel,) = dist.glob("mnist_sweep-*.whl")
     env = tmp_path / "env"

@@ -228,9 +228,11 @@ def scale_pixels(images):
     return tf.cast(images, tf.float32) / 255.0
 
 
-def make_dataset(arrays: Arrays, batch_size: int, shuffle_seed: int | None = None):
+def make_dataset(arrays: Arrays, batch_size: int, shuffle_seed: int | None = None, augmentation=None):
     """A tf.data pipeline: reshuffle each epoch (if seeded), batch, scale each batch, prefetch.
 
+    `augmentation` (an `mnist_core.augment.Augmentation`, training only) distorts each batch after scaling,
+    with per-batch seeds drawn from `shuffle_seed`: a new draw every epoch, the same draws every run.
     Autotuning is off: its background thread sleeps for periods that double up to seconds, and each
     epoch's iterator waits for it to wake before it can close (the stalls are measured in
     bench/results/README.md). The in-memory arrays need no tuning: shuffling uint8 rows and
@@ -241,7 +243,14 @@ def make_dataset(arrays: Arrays, batch_size: int, shuffle_seed: int | None = Non
     dataset = tf.data.Dataset.from_tensor_slices((arrays.images, arrays.labels))
     if shuffle_seed is not None:
         dataset = dataset.shuffle(len(arrays), seed=shuffle_seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size).map(lambda x, y: (scale_pixels(x), y)).prefetch(2)
+    dataset = dataset.batch(batch_size).map(lambda x, y: (scale_pixels(x), y))
+    if augmentation is not None and augmentation.enabled:
+        from mnist_core.augment import augment_batch
+
+        if shuffle_seed is None:
+            raise ValueError("augmentation needs a seed: it is drawn from shuffle_seed")
+        seeds = tf.data.Dataset.random(seed=shuffle_seed, rerandomize_each_iteration=True).batch(2)
+        dataset = tf.data.Dataset.zip(dataset, seeds).map(lambda batch, seed: (augment_batch(batch[0], seed, augmentation), batch[1]))
     options = tf.data.Options()
     options.autotune.enabled = False
-    return dataset.with_options(options)
+    return dataset.prefetch(2).with_options(options)

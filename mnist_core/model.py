@@ -20,6 +20,8 @@ OPTIMIZERS = {
     "rmsprop": keras.optimizers.RMSprop,
 }
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "elu", "sigmoid")
+# Learning rate over the planned steps: the seed's constant rate, or a decay to `final_lr_fraction` of it.
+SCHEDULES = ("constant", "cosine", "linear")
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,15 @@ class MLPConfig:
     batch_norm: bool = False
     optimizer: str = "adam"
     learning_rate: float = 1e-3
+    # The recipe: a schedule (with a linear warm-up over `warmup_fraction` of the planned steps), decoupled
+    # weight decay (AdamW's; biases and batch-norm scales are exempt), label smoothing, and dropout on the
+    # input pixels apart from `dropout` on the hidden layers.
+    lr_schedule: str = "constant"
+    warmup_fraction: float = 0.0
+    final_lr_fraction: float = 0.0
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    input_dropout: float = 0.0
     # XLA: True or False; None lets the trainer decide per run (on where the run is long enough to repay
     # compiling, bench/results/backends.md). `build_mlp` builds None as plain TensorFlow.
     jit_compile: bool | None = None
@@ -57,6 +68,13 @@ class MLPConfig:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate!r}")
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}")
+        for name, high in (("warmup_fraction", 0.5), ("final_lr_fraction", 1.0), ("weight_decay", 1.0),
+                           ("label_smoothing", 0.5), ("input_dropout", 0.9)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= high:
+                raise ValueError(f"{name} must be a number in [0, {high:g}], got {value!r}")
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -71,13 +89,79 @@ def param_count(config: MLPConfig) -> int:
     return dense + batch_norm
 
 
-def build_mlp(config: MLPConfig, steps_per_execution: int = 1) -> keras.Model:
-    """Flatten -> [Dense -> (BatchNorm) -> activation -> (Dropout)] x depth -> softmax, compiled.
+@keras.saving.register_keras_serializable(package="mnist_core")
+class LearningRate(keras.optimizers.schedules.LearningRateSchedule):
+    """`peak` after a linear warm-up of `warmup_steps`, then constant or decaying (cosine, linear) to
+    `end` at the last of `total_steps` and staying there."""
+
+    def __init__(self, peak: float, total_steps: int, kind: str = "constant", warmup_steps: int = 0, end: float = 0.0):
+        self.peak, self.total_steps, self.kind, self.warmup_steps, self.end = peak, total_steps, kind, warmup_steps, end
+
+    def __call__(self, step):
+        ops = keras.ops
+        step = ops.cast(step, "float32")
+        warm = self.peak * ops.minimum(1.0, (step + 1.0) / max(self.warmup_steps, 1))
+        progress = ops.clip((step - self.warmup_steps) / max(self.total_steps - 1 - self.warmup_steps, 1), 0.0, 1.0)
+        if self.kind == "cosine":
+            decayed = self.end + (self.peak - self.end) * 0.5 * (1.0 + ops.cos(math.pi * progress))
+        elif self.kind == "linear":
+            decayed = self.peak + (self.end - self.peak) * progress
+        else:
+            decayed = ops.convert_to_tensor(self.peak, "float32")
+        return ops.where(step < self.warmup_steps, warm, decayed)
+
+    def get_config(self) -> dict:
+        return {"peak": self.peak, "total_steps": self.total_steps, "kind": self.kind, "warmup_steps": self.warmup_steps, "end": self.end}
+
+
+@keras.saving.register_keras_serializable(package="mnist_core")
+class SmoothedSparseCrossentropy(keras.losses.Loss):
+    """Cross-entropy against integer labels smoothed towards uniform (Keras' sparse loss has no smoothing)."""
+
+    def __init__(self, label_smoothing: float = 0.0, name: str = "smoothed_sparse_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = label_smoothing
+
+    def call(self, y_true, y_pred):
+        labels = keras.ops.one_hot(keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"), NUM_CLASSES)
+        return keras.losses.categorical_crossentropy(labels, y_pred, label_smoothing=self.label_smoothing)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+def learning_rate(config: MLPConfig, total_steps: int | None) -> float | LearningRate:
+    """The optimizer's learning rate: a number for the seed's constant rate, else a schedule over `total_steps`."""
+    if config.lr_schedule == "constant" and not config.warmup_fraction:
+        return config.learning_rate
+    if total_steps is None:
+        raise ValueError(f"a {config.lr_schedule} schedule with warm-up needs the planned number of steps")
+    return LearningRate(
+        config.learning_rate, total_steps, config.lr_schedule, round(config.warmup_fraction * total_steps),
+        config.learning_rate * (1.0 if config.lr_schedule == "constant" else config.final_lr_fraction),
+    )
+
+
+def _optimizer(config: MLPConfig, total_steps: int | None) -> keras.optimizers.Optimizer:
+    kind = OPTIMIZERS[config.optimizer]
+    # AdamW insists on a number; the others take None for "no decay".
+    decay = config.weight_decay if kind is keras.optimizers.AdamW else (config.weight_decay or None)
+    optimizer = kind(learning_rate=learning_rate(config, total_steps), weight_decay=decay)
+    if decay:
+        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    return optimizer
+
+
+def build_mlp(config: MLPConfig, steps_per_execution: int = 1, total_steps: int | None = None) -> keras.Model:
+    """Flatten -> (Dropout) -> [Dense -> (BatchNorm) -> activation -> (Dropout)] x depth -> softmax, compiled.
 
     `steps_per_execution` batches run in one traced call: how a trainer trades per-batch overhead
-    against how often it can look at the run (it changes no result).
+    against how often it can look at the run (it changes no result). `total_steps`, the planned training
+    steps, sets the length of a learning-rate schedule.
     """
     layers: list[keras.Layer] = [keras.Input(shape=IMAGE_SHAPE), keras.layers.Flatten()]
+    if config.input_dropout:
+        layers.append(keras.layers.Dropout(config.input_dropout))
     for width in config.widths:
         layers.append(keras.layers.Dense(width))
         if config.batch_norm:
@@ -88,8 +172,8 @@ def build_mlp(config: MLPConfig, steps_per_execution: int = 1) -> keras.Model:
     layers.append(keras.layers.Dense(NUM_CLASSES, activation="softmax"))
     model = keras.Sequential(layers, name="mlp")
     model.compile(
-        optimizer=OPTIMIZERS[config.optimizer](learning_rate=config.learning_rate),
-        loss="sparse_categorical_crossentropy",
+        optimizer=_optimizer(config, total_steps),
+        loss=SmoothedSparseCrossentropy(config.label_smoothing) if config.label_smoothing else "sparse_categorical_crossentropy",
         metrics=["accuracy"],
         jit_compile=bool(config.jit_compile),
         steps_per_execution=steps_per_execution,

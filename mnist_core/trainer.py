@@ -14,6 +14,7 @@ from typing import Callable, Literal
 
 import keras
 
+from mnist_core.augment import Augmentation
 from mnist_core.data import Splits, make_dataset
 from mnist_core.model import MLPConfig, build_mlp, param_count
 
@@ -48,7 +49,7 @@ def execution_steps(n_params: int, batch_size: int, steps_per_epoch: int) -> int
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that determines a training run besides the data: model, epochs, batch, seed.
+    """Everything that determines a training run besides the data: model, epochs, batch, seed, augmentation.
 
     `steps_per_execution` (None: sized by `execution_steps`) changes how often the run is checked, not its result.
     """
@@ -58,6 +59,7 @@ class TrainConfig:
     batch_size: int = 100
     seed: int = 0
     steps_per_execution: int | None = None
+    augmentation: Augmentation = Augmentation()
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "steps_per_execution"):
@@ -66,6 +68,8 @@ class TrainConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.augmentation, Augmentation):
+            raise ValueError(f"augmentation must be an Augmentation, got {self.augmentation!r}")
 
 
 @dataclass(frozen=True)
@@ -233,12 +237,12 @@ def train(
         xla = use_xla(n_params, len(data.train), config.epochs)
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, jit_compile=xla))
     steps = config.steps_per_execution or execution_steps(n_params, config.batch_size, steps_per_epoch)
-    model = build_mlp(config.model, steps_per_execution=steps)
+    model = build_mlp(config.model, steps_per_execution=steps, total_steps=steps_per_epoch * config.epochs)
     monitor = _Monitor(budget, steps_per_epoch, config.epochs, config.batch_size, len(data.train), on_epoch)
     started = clock()
     try:
         model.fit(
-            make_dataset(data.train, config.batch_size, shuffle_seed=config.seed),
+            make_dataset(data.train, config.batch_size, shuffle_seed=config.seed, augmentation=config.augmentation),
             validation_data=make_dataset(data.val, config.batch_size),
             epochs=config.epochs,
             callbacks=[monitor],

@@ -45,12 +45,13 @@ def select_trial(study: optuna.Study, max_train_seconds: float | None = None) ->
 
 
 def retrain(spec: StudySpec, trial: FrozenTrial, splits: Splits) -> TrainResult:
-    """The trial's configuration and seed, trained to its best validation epoch (same weights on CPU)."""
+    """The trial's configuration and seed, trained as planned and stopped after its best validation epoch:
+    the learning-rate schedule runs over the trial's planned epochs, so the weights are the trial's (on CPU)."""
     config = spec.config_for(optuna.trial.FixedTrial(trial.params), seed=trial.user_attrs["seed"])
-    if "jit_compile" in trial.user_attrs:  # the path the trial ran on (XLA or not), not one chosen anew for fewer epochs
+    if "jit_compile" in trial.user_attrs:  # the path the trial ran on (XLA or not), not one chosen anew
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, jit_compile=trial.user_attrs["jit_compile"]))
-    config = dataclasses.replace(config, epochs=int(trial.user_attrs["best_epoch"]))
-    return train(config, splits, keep_model=True, verbose=2)
+    stop = int(trial.user_attrs["best_epoch"])
+    return train(config, splits, on_epoch=lambda e: f"best epoch {stop} reached" if e.epoch >= stop else None, keep_model=True, verbose=2)
 
 
 def selection_rule(max_train_seconds: float | None) -> str:

@@ -16,7 +16,8 @@ from typing import Any
 
 import optuna
 
-from mnist_core.model import ACTIVATIONS, OPTIMIZERS, MLPConfig
+from mnist_core.augment import Augmentation
+from mnist_core.model import ACTIVATIONS, OPTIMIZERS, SCHEDULES, MLPConfig
 from mnist_core.trainer import TrainConfig
 
 
@@ -53,8 +54,23 @@ HYPERPARAMETERS: dict[str, tuple[type, Any, Any]] = {
     "optimizer": (str, None, tuple(OPTIMIZERS)),
     "batch_norm": (bool, None, (False, True)),
     "jit_compile": (bool, None, (False, True)),
+    # The training recipe (mnist_core.model.MLPConfig)
+    "lr_schedule": (str, None, SCHEDULES),
+    "warmup_fraction": (float, 0.0, 0.5),
+    "final_lr_fraction": (float, 0.0, 1.0),
+    "weight_decay": (float, 0.0, 1.0),
+    "label_smoothing": (float, 0.0, 0.5),
+    "input_dropout": (float, 0.0, 0.9),
+    # Training-set augmentation (mnist_core.augment.Augmentation)
+    "translate": (float, 0.0, 0.5),
+    "rotate": (float, 0.0, 180.0),
+    "scale": (float, 0.0, 0.5),
+    "elastic": (float, 0.0, 100.0),
+    "elastic_sigma": (float, 0.5, 14.0),
 }
-MODEL_KEYS = ("depth", "width", "activation", "dropout", "batch_norm", "optimizer", "learning_rate", "jit_compile")
+MODEL_KEYS = ("depth", "width", "activation", "dropout", "batch_norm", "optimizer", "learning_rate", "jit_compile",
+              "lr_schedule", "warmup_fraction", "final_lr_fraction", "weight_decay", "label_smoothing", "input_dropout")
+AUGMENTATION_KEYS = ("translate", "rotate", "scale", "elastic", "elastic_sigma")
 # objective name in study files -> (direction, the trial metric it reads: scored at the best validation epoch)
 OBJECTIVES = {
     "val_accuracy": ("maximize", "best_val_accuracy"),
@@ -134,8 +150,9 @@ class StudySpec:
         values = dict(self.fixed)
         values.update({p.name: p.suggest(trial) for p in self.params})
         model = MLPConfig(**{k: values[k] for k in MODEL_KEYS if k in values})
+        augmentation = Augmentation(**{k: values[k] for k in AUGMENTATION_KEYS if k in values})
         run = {k: values[k] for k in ("epochs", "batch_size") if k in values}
-        return TrainConfig(model=model, seed=seed, **run)
+        return TrainConfig(model=model, seed=seed, augmentation=augmentation, **run)
 
 
 def _fail(path: Path, key: str, reason: str) -> StudyFileError:

@@ -155,7 +155,7 @@ def summary_metrics(result: TrainResult) -> dict[str, float | None]:
 def config_params(config: TrainConfig) -> dict[str, Any]:
     """A training config flattened to MLflow params."""
     params = dataclasses.asdict(config.model)
-    params.update(epochs=config.epochs, batch_size=config.batch_size, seed=config.seed)
+    params.update(epochs=config.epochs, batch_size=config.batch_size, seed=config.seed, **dataclasses.asdict(config.augmentation))
     return params
 
 

@@ -36,9 +36,11 @@ def test_learning_rate_is_searched_on_a_log_scale():
 
 def test_trial_becomes_config():
     spec = load_study(STUDIES / "tradeoff.toml")
-    trial = optuna.trial.FixedTrial({"depth": 2, "width": 64, "epochs": 3, "learning_rate": 0.01, "batch_size": 128, "dropout": 0.1})
+    trial = optuna.trial.FixedTrial({"depth": 2, "width": 64, "epochs": 3, "learning_rate": 0.01, "batch_size": 128, "dropout": 0.1,
+                                     "lr_schedule": "linear"})
     config = spec.config_for(trial, seed=7)
     assert config.model.widths == (64, 64) and config.model.dropout == 0.1 and config.model.optimizer == "adam"
+    assert config.model.lr_schedule == "linear" and config.model.final_lr_fraction == 0.0
     assert (config.epochs, config.batch_size, config.seed) == (3, 128, 7)
 
 

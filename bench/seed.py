@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import sys
 import time
@@ -18,13 +19,14 @@ from pathlib import Path
 
 import keras
 import optuna
+from common import RESULTS, commit
 
 from mnist_core.data import Source, load_splits, resolve_source
 from mnist_core.evaluate import evaluate_test
 from mnist_core.trainer import Budget, TrainConfig, TrainResult, train
 from sweep.hypermodel import STUDIES, load_study
+from sweep.report import SEED_REFERENCE
 
-RESULTS = Path(__file__).parent / "results"
 SEED_STUDY = STUDIES / "seed.toml"
 
 
@@ -42,6 +44,20 @@ def train_seed(source: Source, study: Path = SEED_STUDY, old: bool = False) -> t
     print(f"training {config} on {len(splits.train)} examples", flush=True)
     result = train(config, splits, Budget(spec.trial_seconds), keep_model=True, verbose=2)
     return result, evaluate_test(result.model, source)
+
+
+def store_reference(result: TrainResult, test: dict[str, float], command: str, commit: str) -> None:
+    """The seed model's point on every trade-off chart the tool draws (sweep/studies/seed.reference.json)."""
+    reference = {
+        "measured": f"{os.cpu_count()}-core CPU, {time.strftime('%Y-%m-%d')}",
+        "train_seconds": result.seconds,
+        "val_accuracy": result.best_epoch.val_accuracy,
+        "test_accuracy": test["test_accuracy"],
+        "source": "bench/results/seed.json",
+        "command": command,
+        "commit": commit,
+    }
+    SEED_REFERENCE.write_text(json.dumps(reference, indent=2) + "\n")
 
 
 def main() -> None:
@@ -72,6 +88,7 @@ def main() -> None:
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "seed.json").write_text(json.dumps(figures, indent=2) + "\n")
+    store_reference(result, test, figures["command"], commit())
     rows = "\n".join(
         f"| {e.epoch} | {e.loss:.4f} | {e.accuracy:.4f} | {e.val_loss:.4f} | {e.val_accuracy:.4f} | {e.seconds:.1f} |"
         for e in result.epochs

@@ -26,7 +26,7 @@ from sweep.best import retrain
 from sweep.cli import main as sweep_main
 from sweep.hypermodel import load_study
 from sweep.oracle import load_existing, open_storage
-from sweep.report import plot_tradeoff, trials_frame
+from sweep.report import plot_tradeoff, points_frame, trials_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -73,7 +73,7 @@ def main() -> None:
     checked = []
     for _, row in front[front["train_seconds"] <= limit].iterrows():
         trial = study.trials[int(row["trial"])]
-        result = retrain(spec, trial, splits)
+        result = retrain(spec, trial, splits, int(trial.user_attrs["best_epoch"]))
         test = evaluate_test(result.model, source)
         result.model = None
         keras.backend.clear_session()
@@ -84,7 +84,7 @@ def main() -> None:
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     frame.to_csv(RESULTS / "tradeoff.csv", index=False)
-    plot_tradeoff(frame, RESULTS / "tradeoff.png", f"tradeoff study, {args.minutes:g}-minute budget, real MNIST",
+    plot_tradeoff(frame, points_frame(study), RESULTS / "tradeoff.png", f"tradeoff study, {args.minutes:g}-minute budget, real MNIST",
                   reference=("seed model 5x2000 (10 epochs)", seed.seconds, seed.best_epoch.val_accuracy))
     states = frame["state"].value_counts().to_dict()
     figures = {

@@ -10,12 +10,13 @@ import importlib.metadata
 from pathlib import Path
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from mnist_core.data import Source, Splits, scale_pixels
 from mnist_core.evaluate import evaluate_test
 from mnist_core.trainer import TrainResult, train
 from sweep.hypermodel import StudySpec
+from sweep.points import Point, study_points
 from sweep.tracking import PARENT_ATTR, Tracker, config_params, fluent_tracking, manifest
 
 
@@ -28,36 +29,37 @@ def model_name(study_name: str, max_train_seconds: float | None = None) -> str:
     return f"{study_name}.keras" if max_train_seconds is None else f"{study_name}-under-{max_train_seconds:g}s.keras"
 
 
-def select_trial(study: optuna.Study, max_train_seconds: float | None = None) -> FrozenTrial:
-    """The most accurate complete trial (faster wins ties), optionally among those under a time limit."""
-    complete = [
-        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("best_val_accuracy") is not None
-    ]
-    if not complete:
-        raise SelectionError(f"study {study.study_name!r} has no complete trial yet; run `python -m sweep run` first")
+def select_point(study: optuna.Study, max_train_seconds: float | None = None) -> tuple[FrozenTrial, Point]:
+    """The most accurate (trial, epoch) point (the faster on ties), optionally among those within a time limit.
+
+    Every full epoch of a finished trial, complete or pruned, is a model its seeded retrain reproduces.
+    """
+    points = study_points(study)
+    if not points:
+        raise SelectionError(f"study {study.study_name!r} has no trained trial yet; run `python -m sweep run` first")
     if max_train_seconds is not None:
-        fast = [t for t in complete if t.user_attrs["train_seconds"] <= max_train_seconds]
+        fast = [p for p in points if p.seconds <= max_train_seconds]
         if not fast:
-            quickest = min(t.user_attrs["train_seconds"] for t in complete)
-            raise SelectionError(f"no trial trained within {max_train_seconds:g} s; the quickest took {quickest:.1f} s")
-        complete = fast
-    return max(complete, key=lambda t: (t.user_attrs["best_val_accuracy"], -t.user_attrs["train_seconds"]))
+            quickest = min(p.seconds for p in points)
+            raise SelectionError(f"no epoch of any trial ended within {max_train_seconds:g} s; the quickest took {quickest:.1f} s")
+        points = fast
+    point = max(points, key=lambda p: (p.val_accuracy, -p.seconds))
+    return study.get_trials(deepcopy=False)[point.trial], point
 
 
-def retrain(spec: StudySpec, trial: FrozenTrial, splits: Splits) -> TrainResult:
-    """The trial's configuration and seed, trained as planned and stopped after its best validation epoch:
-    the learning-rate schedule runs over the trial's planned epochs, so the weights are the trial's (on CPU)."""
+def retrain(spec: StudySpec, trial: FrozenTrial, splits: Splits, epoch: int) -> TrainResult:
+    """The trial's configuration and seed, trained as planned and stopped after `epoch`: the learning-rate
+    schedule runs over the trial's planned epochs, so the weights are the trial's at that epoch (on CPU)."""
     config = spec.config_for(optuna.trial.FixedTrial(trial.params), seed=trial.user_attrs["seed"])
     if "jit_compile" in trial.user_attrs:  # the path the trial ran on (XLA or not), not one chosen anew
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, jit_compile=trial.user_attrs["jit_compile"]))
-    stop = int(trial.user_attrs["best_epoch"])
-    return train(config, splits, on_epoch=lambda e: f"best epoch {stop} reached" if e.epoch >= stop else None, keep_model=True, verbose=2)
+    return train(config, splits, on_epoch=lambda e: f"epoch {epoch} reached" if e.epoch >= epoch else None, keep_model=True, verbose=2)
 
 
 def selection_rule(max_train_seconds: float | None) -> str:
     """How `best` chose its trial, in words (shown on the registered model)."""
-    rule = "highest best-epoch validation accuracy among complete trials, the faster on ties"
-    return rule if max_train_seconds is None else f"{rule}, among those that trained within {max_train_seconds:g} s"
+    rule = "highest validation accuracy of any epoch of any finished trial, the faster on ties"
+    return rule if max_train_seconds is None else f"{rule}, among epochs that ended within {max_train_seconds:g} s of training"
 
 
 def log_best(

@@ -231,7 +231,7 @@ class Report(Command):
 
     def add_arguments(self, parser):
         _add_study_arguments(parser)
-        parser.add_argument("--out", type=Path, help="folder for trials.csv and tradeoff.png (default: STORE/reports)")
+        parser.add_argument("--out", type=Path, help="folder for trials.csv, points.csv and tradeoff.png (default: STORE/reports)")
 
     def take_action(self, args):
         from sweep.report import table, write_report
@@ -241,7 +241,8 @@ class Report(Command):
             raise CommandError(f"study {study.study_name!r} has no trials yet")
         frame, csv_path, chart = write_report(study, _report_dir(args) / study.study_name, _tracker(args, study))
         print(table(frame))
-        print(f"\nwrote {csv_path} and {chart} (Pareto set: pareto=True)")
+        print(f"\nwrote {csv_path}, {csv_path.with_name('points.csv')} (every epoch of every trial) and {chart} "
+              "(Pareto set: pareto=True)")
         return 0
 
 
@@ -256,20 +257,21 @@ class Best(Command):
                             help="where to save the .keras file (default: STORE/models/STUDY.keras, or STUDY-under-Ts.keras with --max-train-seconds T)")
 
     def take_action(self, args):
-        from sweep.best import log_best, model_name, retrain, select_trial, selection_rule
+        from sweep.best import log_best, model_name, retrain, select_point, selection_rule
 
         spec, study = _open(args, create=False)
-        trial = select_trial(study, args.max_train_seconds)
+        trial, point = select_point(study, args.max_train_seconds)
         source, splits = _load_data(args, spec)
-        print(f"retraining trial {trial.number} ({trial.params}) for {trial.user_attrs['best_epoch']} epoch(s), "
-              f"seed {trial.user_attrs['seed']}", flush=True)
-        result = retrain(spec, trial, splits)
+        print(f"retraining trial {trial.number} ({trial.params}) for {point.epoch} of its {trial.user_attrs.get('epochs', '?')} epoch(s), "
+              f"seed {trial.user_attrs['seed']} (its epoch {point.epoch}: val accuracy {point.val_accuracy:.4f} "
+              f"after {point.seconds:.1f} s)", flush=True)
+        result = retrain(spec, trial, splits, point.epoch)
         model_path = args.model or args.store / "models" / model_name(study.study_name, args.max_train_seconds)
         tracker = _tracker(args, study)
         test = log_best(tracker, _tracking_uri(args), study, trial, result, splits, source, model_path,
                         selection_rule(args.max_train_seconds))
-        print(f"trial {trial.number}: val accuracy {result.best_epoch.val_accuracy:.4f} "
-              f"(sweep: {trial.user_attrs['best_val_accuracy']:.4f}), test accuracy {test['test_accuracy']:.4f}, "
+        print(f"trial {trial.number}, epoch {point.epoch}: val accuracy {result.epochs[-1].val_accuracy:.4f} "
+              f"(sweep: {point.val_accuracy:.4f}), test accuracy {test['test_accuracy']:.4f}, "
               f"test loss {test['test_loss']:.4f}, trained in {result.seconds:.1f} s")
         print(f"saved {model_path}; registered in MLflow as mnist-{study.study_name}")
         if args.model is None and args.max_train_seconds is not None:

@@ -78,7 +78,7 @@ OBJECTIVES = {
     "train_seconds": ("minimize", "train_seconds"),
 }
 SAMPLERS = ("tpe", "random", "nsga2")
-PRUNERS = ("none", "median", "hyperband")
+PRUNERS = ("none", "median", "hyperband", "dominance")  # dominance: ours, for accuracy against seconds (sweep/dominance.py)
 ROLES = ("scientific", "nuisance")
 SCHEMA = {
     "study": {"name", "description", "objectives", "sampler", "pruner", "seed", "trials"},
@@ -257,8 +257,10 @@ def load_study(path: str | Path) -> StudySpec:
     pruner = study.get("pruner", "none")
     if pruner not in PRUNERS:
         raise _fail(path, "study.pruner", f"{pruner!r} is not one of {', '.join(PRUNERS)}")
-    if pruner != "none" and len(objectives) > 1:
-        raise _fail(path, "study.pruner", "Optuna cannot prune multi-objective studies; use pruner = \"none\"")
+    if pruner == "dominance" and sorted(objectives) != ["train_seconds", "val_accuracy"]:
+        raise _fail(path, "study.pruner", "dominance pruning needs objectives = [\"val_accuracy\", \"train_seconds\"]")
+    if pruner not in ("none", "dominance") and len(objectives) > 1:
+        raise _fail(path, "study.pruner", "Optuna cannot prune multi-objective studies; use pruner = \"dominance\" or \"none\"")
 
     params: list[Param] = []
     fixed: dict[str, Any] = {}

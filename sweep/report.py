@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,12 +10,27 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from sweep.hypermodel import STUDIES
 from sweep.oracle import trained
+from sweep.points import study_points
 from sweep.tracking import PARENT_ATTR, SUMMARY_METRICS, Tracker
 
 # Columns the printed table leaves to the CSV.
 CSV_ONLY = ("reason", "mlflow_run_id", "best_val_loss", "warmup_seconds", "seconds_per_epoch", "steady_epochs",
             "examples_per_second", "predicted_seconds")
+
+
+# The seed model's measured point, which every chart shows: written by `python bench/seed.py`, with where and when.
+SEED_REFERENCE = STUDIES / "seed.reference.json"
+
+
+def seed_reference(path: Path = SEED_REFERENCE) -> tuple[str, float, float] | None:
+    """(label, training seconds, best validation accuracy) of the seed model as last measured, if stored."""
+    try:
+        data = json.loads(path.read_text())
+        return f"seed model 5x2000, 10 ep ({data['measured']})", float(data["train_seconds"]), float(data["val_accuracy"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def pareto_mask(accuracy: np.ndarray, seconds: np.ndarray) -> np.ndarray:
@@ -47,11 +63,12 @@ def progress(study: optuna.Study, max_seconds: float) -> dict[str, float]:
     """How a study stands: best score so far, trials by outcome, the accuracy-vs-time front and its cost."""
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("best_val_accuracy") is not None]
-    accuracy = np.array([t.user_attrs["best_val_accuracy"] for t in complete])
-    seconds = np.array([t.user_attrs["train_seconds"] for t in complete])
+    points = study_points(study)  # every epoch of every finished trial
+    accuracy = np.array([p.val_accuracy for p in points])
+    seconds = np.array([p.seconds for p in points])
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     return {
-        "best_val_accuracy": float(accuracy.max()) if len(complete) else None,
+        "best_val_accuracy": float(accuracy.max()) if len(points) else None,
         "trials_complete": len(complete),
         "trials_pruned": sum(map(trained, pruned)),
         "trials_skipped": sum(not trained(t) for t in pruned),
@@ -84,13 +101,26 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     return frame.sort_values(["best_val_accuracy", "train_seconds"], ascending=[False, True], na_position="last").reset_index(drop=True)
 
 
+def points_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per (trial, epoch) point: its cumulative training seconds and validation accuracy, the trial's
+    state and params; `pareto` marks the front of the points."""
+    trials = study.get_trials(deepcopy=False)
+    rows = [{"trial": p.trial, "epoch": p.epoch, "train_seconds": p.seconds, "val_accuracy": p.val_accuracy,
+             "state": trials[p.trial].state.name, **trials[p.trial].params} for p in study_points(study)]
+    frame = pd.DataFrame(rows, columns=None if rows else ["trial", "epoch", "train_seconds", "val_accuracy", "state"])
+    frame.insert(4, "pareto", pareto_mask(frame["val_accuracy"].to_numpy(float), frame["train_seconds"].to_numpy(float)))
+    return frame.sort_values(["train_seconds", "val_accuracy"], ascending=[True, False]).reset_index(drop=True)
+
+
 def _label(row: pd.Series) -> str:
     shape = f"{int(row['depth'])}x{int(row['width'])}" if "depth" in row and "width" in row else f"#{row['trial']}"
-    return f"{shape}, {int(row['epochs_run'])} ep"
+    return f"{shape}, ep {int(row['epoch'])}"
 
 
-def plot_tradeoff(frame: pd.DataFrame, path: Path, title: str, reference: tuple[str, float, float] | None = None) -> Path:
-    """Accuracy against training seconds (log scale), the Pareto front drawn as a staircase.
+def plot_tradeoff(frame: pd.DataFrame, points: pd.DataFrame, path: Path, title: str,
+                  reference: tuple[str, float, float] | None = None) -> Path:
+    """Accuracy against training seconds (log scale): each trial's epochs as a line, the front of all
+    (trial, epoch) points as a staircase.
 
     `reference` is (label, seconds, accuracy) of a model to compare with, e.g. the seed model.
     """
@@ -102,18 +132,20 @@ def plot_tradeoff(frame: pd.DataFrame, path: Path, title: str, reference: tuple[
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
     complete = frame[frame["state"] == TrialState.COMPLETE.name]
     pruned = frame[(frame["state"] == TrialState.PRUNED.name) & frame["best_val_accuracy"].notna()]
-    front = complete[complete["pareto"]].sort_values("train_seconds")
-    ax.scatter(complete["train_seconds"], complete["best_val_accuracy"], s=22, color="tab:blue", alpha=0.6, label="trial")
+    for _, curve in points.groupby("trial"):
+        ax.plot(curve["train_seconds"], curve["val_accuracy"], color="tab:blue", lw=0.6, alpha=0.25)
+    ax.scatter(complete["train_seconds"], complete["best_val_accuracy"], s=22, color="tab:blue", alpha=0.6, label="trial (best epoch; line: its epochs)")
     if not pruned.empty:
         ax.scatter(pruned["train_seconds"], pruned["best_val_accuracy"], s=22, marker="x", color="grey", alpha=0.6, label="pruned / cut short")
-    ax.step(front["train_seconds"], front["best_val_accuracy"], where="post", color="tab:red", lw=1.5, label="Pareto front")
-    ax.scatter(front["train_seconds"], front["best_val_accuracy"], s=40, color="tab:red", zorder=3)
+    front = points[points["pareto"]].sort_values("train_seconds")
+    ax.step(front["train_seconds"], front["val_accuracy"], where="post", color="tab:red", lw=1.5, label="Pareto front of (trial, epoch) points")
+    ax.scatter(front["train_seconds"], front["val_accuracy"], s=40, color="tab:red", zorder=3)
     for _, row in front.iterrows():
-        ax.annotate(_label(row), (row["train_seconds"], row["best_val_accuracy"]), textcoords="offset points", xytext=(4, -10), fontsize=7)
+        ax.annotate(_label(row), (row["train_seconds"], row["val_accuracy"]), textcoords="offset points", xytext=(4, -10), fontsize=7)
     if reference is not None:
         name, seconds, accuracy = reference
         ax.scatter([seconds], [accuracy], s=120, marker="*", color="tab:orange", zorder=4, label=name)
-    accuracies = pd.concat([complete["best_val_accuracy"], front["best_val_accuracy"]]).dropna()
+    accuracies = pd.concat([complete["best_val_accuracy"], pd.Series([reference[2]] if reference else [], dtype=float)]).dropna()
     if len(accuracies):
         ax.set_ylim(max(accuracies.quantile(0.1) - 0.02, 0.0), min(accuracies.max() + 0.01, 1.0))
     if (pd.concat([complete, pruned])["train_seconds"] > 0).any():
@@ -133,16 +165,17 @@ def plot_tradeoff(frame: pd.DataFrame, path: Path, title: str, reference: tuple[
 
 
 def write_report(study: optuna.Study, out: Path, tracker: Tracker) -> tuple[pd.DataFrame, Path, Path]:
-    """`trials.csv` and `tradeoff.png` in `out`, also logged to the study's parent MLflow run."""
-    frame = trials_frame(study)
+    """`trials.csv`, `points.csv` (every epoch) and `tradeoff.png` in `out`, also logged to the study's parent MLflow run."""
+    frame, points = trials_frame(study), points_frame(study)
     out.mkdir(parents=True, exist_ok=True)
-    csv_path = out / "trials.csv"
+    csv_path, points_path = out / "trials.csv", out / "points.csv"
     frame.to_csv(csv_path, index=False)
-    chart = plot_tradeoff(frame, out / "tradeoff.png", f"{study.study_name}: accuracy vs training time")
+    points.to_csv(points_path, index=False)
+    chart = plot_tradeoff(frame, points, out / "tradeoff.png", f"{study.study_name}: accuracy vs training time", seed_reference())
     parent = study.user_attrs.get(PARENT_ATTR)
     if parent:
-        tracker.log_artifact(parent, csv_path)
-        tracker.log_artifact(parent, chart)
+        for artifact in (csv_path, points_path, chart):
+            tracker.log_artifact(parent, artifact)
     return frame, csv_path, chart
 
 

@@ -23,9 +23,10 @@ from tqdm import tqdm
 from mnist_core.data import Splits
 from mnist_core.model import param_count
 from mnist_core.trainer import Budget, EpochStats, TrainConfig, train
-from sweep import costmodel
+from sweep import costmodel, dominance
 from sweep.hypermodel import StudySpec
 from sweep.oracle import FINISHED, count_busy, count_finished, release, trained
+from sweep.points import CURVE_ATTR, curve_of, front, trial_points
 from sweep.processes import check_stop
 from sweep.report import progress, write_report
 from sweep.tracking import PARENT_ATTR, Tracker, config_params, manifest, summary_metrics
@@ -149,12 +150,26 @@ def _open_run(ctx: SweepContext, trial: optuna.Trial, config: TrainConfig) -> st
 
 
 def _train(ctx: SweepContext, trial: optuna.Trial, config: TrainConfig, seconds: float, run_id: str) -> Outcome:
-    """Train within `seconds`, logging and (single objective) pruning at each epoch."""
+    """Train within `seconds`, logging each epoch, keeping its point, and pruning: Optuna's pruner on a
+    single objective, dominance on accuracy against time."""
     spec = ctx.spec
+    curve: list[list[float]] = []
+    elapsed = 0.0
 
     def on_epoch(stats: EpochStats) -> str | None:
+        nonlocal elapsed
         check_stop()
         ctx.tracker.log_epoch(run_id, stats)
+        elapsed += stats.seconds
+        if not stats.partial:
+            curve.append([elapsed, stats.val_accuracy])
+            trial.set_user_attr(CURVE_ATTR, curve)
+        if spec.pruner == "dominance":
+            if stats.partial:
+                return None
+            finished = trial.study.get_trials(deepcopy=False, states=FINISHED)
+            points = [(p.seconds, p.val_accuracy) for t in finished for p in trial_points(t)]
+            return dominance.dominated(curve, config.epochs, [curve_of(t) for t in finished], front(points))
         if spec.multi_objective or spec.objectives[0] == "train_seconds":
             return None
         trial.report(getattr(stats, spec.objectives[0]), stats.epoch)

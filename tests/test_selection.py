@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -10,8 +11,8 @@ import pytest
 from optuna.distributions import IntDistribution
 from optuna.trial import TrialState
 
-from sweep.best import SelectionError, model_name, select_trial
-from sweep.report import hypervolume, pareto_mask
+from sweep.best import SelectionError, model_name, select_point
+from sweep.report import SEED_REFERENCE, hypervolume, pareto_mask, seed_reference
 
 
 def test_pareto_mask_on_a_known_front():
@@ -23,34 +24,50 @@ def test_pareto_mask_on_a_known_front():
     assert pareto_mask(np.array(accuracy), np.array(seconds)).tolist() == expected
 
 
-def _study(*trials: tuple[TrialState, float, float]) -> optuna.Study:
-    """A study whose trial i has (state, best validation accuracy, training seconds)."""
+def _study(*trials: tuple[TrialState, list[tuple[float, float]]]) -> optuna.Study:
+    """A study whose trial i has (state, curve: [(cumulative seconds, validation accuracy)] per epoch)."""
     study = optuna.create_study(directions=["maximize", "minimize"])
-    for number, (state, accuracy, seconds) in enumerate(trials):
+    for number, (state, curve) in enumerate(trials):
+        best = max(range(len(curve)), key=lambda i: curve[i][1]) if curve else None
         study.add_trial(optuna.trial.create_trial(
             state=state,
-            values=[accuracy, seconds] if state == TrialState.COMPLETE else None,
+            values=[curve[best][1], curve[-1][0]] if state == TrialState.COMPLETE else None,
             params={"n": number},
             distributions={"n": IntDistribution(0, 100)},
-            user_attrs={"best_val_accuracy": accuracy, "train_seconds": seconds},
+            user_attrs={"curve": [list(p) for p in curve], "epochs_run": len(curve)},
         ))
     return study
 
 
-def test_select_trial_takes_the_most_accurate_and_breaks_ties_by_speed():
+def test_select_point_takes_the_most_accurate_epoch_of_any_trial_and_breaks_ties_by_speed():
     study = _study(
-        (TrialState.COMPLETE, 0.97, 30.0),
-        (TrialState.COMPLETE, 0.98, 50.0),
-        (TrialState.COMPLETE, 0.98, 40.0),  # as accurate as trial 1, faster: wins
-        (TrialState.PRUNED, 0.99, 5.0),  # cut short: never selected
-        (TrialState.COMPLETE, 0.96, 5.0),
+        (TrialState.COMPLETE, [(10.0, 0.95), (20.0, 0.97), (30.0, 0.965)]),
+        (TrialState.COMPLETE, [(25.0, 0.96), (45.0, 0.98)]),
+        (TrialState.PRUNED, [(3.0, 0.93), (5.0, 0.955)]),  # pruned after two epochs: both are models
+        (TrialState.COMPLETE, [(32.0, 0.98)]),  # as accurate as trial 1's epoch 2, faster: wins
+        (TrialState.FAIL, [(1.0, 0.99)]),  # failed trials give no point
+        (TrialState.PRUNED, []),  # skipped before training
     )
-    assert select_trial(study).number == 2
-    assert select_trial(study, max_train_seconds=35.0).number == 0
-    assert select_trial(study, max_train_seconds=40.0).number == 2  # the limit is inclusive
-    assert select_trial(study, max_train_seconds=5.0).number == 4
-    with pytest.raises(SelectionError, match="the quickest took 5.0 s"):
-        select_trial(study, max_train_seconds=4.0)
+    pick = lambda limit=None: (lambda t, p: (t.number, p.epoch))(*select_point(study, limit))  # noqa: E731
+    assert pick() == (3, 1)
+    assert pick(25.0) == (0, 2)  # trial 0's middle epoch
+    assert pick(20.0) == (0, 2)  # the limit is inclusive
+    assert pick(11.0) == (2, 2)  # a pruned trial's epoch
+    assert pick(4.0) == (2, 1)
+    with pytest.raises(SelectionError, match="the quickest took 3.0 s"):
+        select_point(study, 2.0)
+    with pytest.raises(SelectionError, match="no trained trial"):
+        select_point(_study((TrialState.PRUNED, [])))
+
+
+def test_a_complete_trial_stored_without_a_curve_is_its_scored_epoch():
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.COMPLETE, values=[0.97, 40.0], params={}, distributions={},
+        user_attrs={"best_val_accuracy": 0.97, "train_seconds": 40.0, "best_epoch": 3},
+    ))
+    trial, point = select_point(study)
+    assert (trial.number, point.epoch, point.seconds, point.val_accuracy) == (0, 3, 40.0, 0.97)
 
 
 def test_each_selection_rule_has_its_own_model_file():
@@ -66,3 +83,11 @@ def test_hypervolume_of_a_known_front():
     # past the reference, add nothing.
     assert hypervolume(np.array(accuracy), np.array(seconds), 20.0) == pytest.approx(17.1 + 0.9 + 0.2)
     assert hypervolume(np.array([]), np.array([]), 20.0) == 0.0
+
+
+def test_charts_place_the_seed_model_from_its_stored_measurement(tmp_path):
+    label, seconds, accuracy = seed_reference()
+    stored = json.loads(SEED_REFERENCE.read_text())
+    assert (seconds, accuracy) == (stored["train_seconds"], stored["val_accuracy"]) and stored["measured"] in label
+    assert stored["command"].startswith("python bench/") and stored["source"].startswith("bench/results/")
+    assert seed_reference(tmp_path / "missing.json") is None

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
@@ -49,18 +51,54 @@ def test_four_trial_sweep_end_to_end(cli):
         (dataset,) = run.inputs.dataset_inputs  # the data it trained on, for the UI's Dataset column
         assert dataset.dataset.name == "mnist" and dataset.dataset.digest == manifest["data_checksum_sha256"][:12]
     parent_artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
-    assert {"tradeoff.png", "trials.csv", "tiny.toml"} <= parent_artifacts
+    assert {"tradeoff.png", "trials.csv", "points.csv", "tiny.toml"} <= parent_artifacts
+    # Every epoch is a point: its cumulative seconds and validation accuracy, as the run logged them.
+    for trial in trials:
+        curve = trial.user_attrs["curve"]
+        assert len(curve) == trial.params["epochs"] and curve[-1][0] <= trial.values[1]
+        assert all(a[0] < b[0] for a, b in zip(curve, curve[1:])) and max(c[1] for c in curve) == trial.values[0]
     # The parent tells the story trial by trial.
     parent = parents[0].info.run_id
     assert [m.value for m in client.get_metric_history(parent, "trials_complete")] == [1, 2, 3, 4]
     assert [m.step for m in client.get_metric_history(parent, "front_size")] == [1, 2, 3, 4]
     assert parents[0].data.metrics["best_val_accuracy"] == max(t.values[0] for t in trials)
-    assert parents[0].data.metrics["front_size"] == len(study.best_trials)
+    points = pd.read_csv(Path(client.download_artifacts(parent, "points.csv")))
+    assert len(points) == sum(t.params["epochs"] for t in trials)
+    assert parents[0].data.metrics["front_size"] == points["pareto"].sum() >= 1
     assert parents[0].data.metrics["hypervolume"] > 0
     experiment = client.get_experiment_by_name("tiny")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     view = json.loads(experiment.tags["mlflow.sharedViewState.sweep"])
     assert view["runsExpanded"] == {parent: True} and "params.`depth`" in view["selectedColumns"]
+
+
+def test_a_dominated_trial_is_pruned_keeps_its_points_and_is_told_pruned(cli, tmp_path, monkeypatch):
+    """The lifecycle around `dominance.dominated` (its logic: tests/test_dominance.py): the trial stops as
+    PRUNED with the reason, its MLflow run is KILLED, and its epochs stay points `best` can pick."""
+    study_file = tmp_path / "dominance.toml"
+    study_file.write_text(TINY.replace("[study]", '[study]\npruner = "dominance"').replace("epochs = { low = 1, high = 2 }\n", "")
+                          .replace("[fixed]", "[fixed]\nepochs = 3"))
+    seen = []
+
+    def dominated_after_two(curve, planned, curves, front):
+        seen.append((len(curve), planned, len(curves), len(front)))
+        return "dominated: test" if len(curve) == 2 and len(curves) == 2 else None
+
+    monkeypatch.setattr(tuner.dominance, "dominated", dominated_after_two)
+    code, out, err = cli("run", "--trials", "3", study=study_file)
+    assert code == 0, err
+    study = load(cli.store)
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED]
+    pruned = study.trials[2]
+    assert pruned.user_attrs["reason"] == "dominated: test" and len(pruned.user_attrs["curve"]) == 2
+    assert seen[0] == (1, 3, 0, 0) and seen[-1][:3] == (2, 3, 2) and seen[-1][3] >= 1
+    client, all_runs = runs(cli.store)
+    (run,) = [r for r in all_runs if r.info.run_id == pruned.user_attrs["mlflow_run_id"]]
+    assert run.info.status == "KILLED" and run.data.tags["reason"] == "dominated: test"
+    assert cli("report", data=False, study=study_file)[0] == 0
+    points = pd.read_csv(cli.store / "reports" / "tiny" / "points.csv")
+    assert sorted(points[points["trial"] == 2]["epoch"]) == [1, 2]
 
 
 def test_resume_continues_to_the_requested_total(cli):
@@ -239,16 +277,20 @@ def test_best_retrains_tests_and_registers_the_model(cli):
     client, all_runs = runs(cli.store)
     (best_run,) = [r for r in all_runs if r.data.tags.get("role") == "best"]
     chosen = int(best_run.data.tags["optuna.trial_number"])
-    assert chosen == max(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: (t.values[0], -t.values[1])).number
-    # Same seed, same epochs: the retrained model matches the trial's validation accuracy.
-    assert best_run.data.metrics["best_val_accuracy"] == pytest.approx(study.trials[chosen].values[0])
+    # Every epoch of every trial is a candidate: (trial, epoch, cumulative seconds, validation accuracy).
+    points = [(t.number, e, s, a) for t in study.trials for e, (s, a) in enumerate(t.user_attrs["curve"], start=1)]
+    expected = lambda limit=math.inf: max((p for p in points if p[2] <= limit), key=lambda p: (p[3], -p[2]))  # noqa: E731
+    number, epoch, _, accuracy = expected()
+    assert chosen == number and f"trial {number}, epoch {epoch}:" in out
+    # Same seed, stopped at the same epoch of the same plan: the retrained model matches that epoch's accuracy.
+    assert best_run.data.metrics["best_val_accuracy"] == pytest.approx(accuracy)
     assert 0.5 < best_run.data.metrics["test_accuracy"] <= 1.0 and "test accuracy" in out  # ten shapes: chance is 0.1
     (version,) = client.search_model_versions("name='mnist-tiny'")
     assert version.run_id == best_run.info.run_id
     trial_run = study.trials[chosen].user_attrs["mlflow_run_id"]  # the registered model links back to its trial
     assert version.tags["trial_run_id"] == trial_run and trial_run in version.description
     assert version.tags["test_accuracy"] == f"{best_run.data.metrics['test_accuracy']:.4f}"
-    assert version.tags["selection"].startswith("highest best-epoch validation accuracy") and "within" not in version.tags["selection"]
+    assert version.tags["selection"].startswith("highest validation accuracy of any epoch") and "within" not in version.tags["selection"]
     most_accurate = cli.store / "models" / "tiny.keras"
     assert f"saved {most_accurate}" in out
     assert "MLFLOW_TRACKING_URI" not in os.environ  # logging the model must not point later commands at this store
@@ -263,12 +305,13 @@ def test_best_retrains_tests_and_registers_the_model(cli):
     assert f"saved {fast}" in out and fast.is_file() and most_accurate.read_bytes() == kept
     _, all_runs = runs(cli.store)
     picked = {int(r.data.tags["optuna.trial_number"]) for r in all_runs if r.data.tags.get("role") == "best"}
-    assert picked == {chosen, min(trained_for, key=trained_for.get)}
+    number, epoch, _, _ = expected(limit)
+    assert picked == {chosen, number} and f"trial {number}, epoch {epoch}:" in out
     latest = max(client.search_model_versions("name='mnist-tiny'"), key=lambda v: int(v.version))
-    assert latest.tags["selection"].endswith(f"within {limit:g} s")
+    assert latest.tags["selection"].endswith(f"within {limit:g} s of training")
 
     code, _, err = cli("best", "--max-train-seconds", "0.000001")
-    assert code == 2 and "no trial trained within" in err
+    assert code == 2 and "no epoch of any trial ended within" in err
 
 
 def test_predict_classifies_images_it_drew(cli, tmp_path, splits):

@@ -77,7 +77,7 @@ def run_study(cell: str, study: Path, args: argparse.Namespace, *best_args: str)
     sweep_seconds = time.time() - started
     output = sweep("best", *common, *best_args)
     name = load_study(study).name
-    epoch = re.search(r"for (\d+) epoch", output)
+    epoch = re.search(r"retraining trial \d+ .* for (\d+) of its", output)
     return {"commands": [f"python -m sweep run --study {study.relative_to(ROOT)} --timeout {args.timeout:g}",
                          " ".join(["python -m sweep best", "--study", str(study.relative_to(ROOT)), *best_args])],
             "sweep_seconds": sweep_seconds, "best_epoch": int(epoch.group(1)) if epoch else None, **best_run(store, name)}
@@ -105,7 +105,7 @@ def cell_seed(args: argparse.Namespace) -> dict:
 
     result, test = train_seed(resolve_source(args.data_dir))
     command = f"python bench/frontier.py seed --data-dir {args.data_dir}"
-    store_reference(result, test, command, commit())
+    store_reference(result, test, command, commit(), "bench/results/frontier_cells.json (seed)")
     return {"commands": [command], "train_seconds": result.seconds, "val_accuracy": result.best_epoch.val_accuracy, **test}
 
 

@@ -1,19 +1,33 @@
-"""Sweep efficiency against what a user would otherwise run: KerasTuner Hyperband and plain Optuna TPE.
+"""Our search against what a user would otherwise run, under one set of rules, seed after seed.
 
-Same search space (studies/tradeoff.toml: depth 1-6, width 32-2048 log, 1-10 epochs, learning rate
-1e-4..1e-2 log, batch 64-512, dropout 0-0.3), same data and split, same wall-clock budget each, one
-after the other in one run, each in its own process:
+One cell is one method x one seed (about `--minutes` each), so the comparison can span sessions:
 
-- `ours`: `python -m sweep run` on the default study (TPE, accuracy and time, budgets, estimates).
-- `kerastuner`: KerasTuner `Hyperband` on val_accuracy (max_epochs 10), stopped at the budget.
-- `optuna`: a hand-written Optuna TPE objective, `model.fit` then the last val_accuracy; no pruning,
-  no budgets (a trial running at the budget finishes, and its overrun is reported).
+    python bench/peers.py cell METHOD --seed S --minutes 10 --data-dir ../shared/datasets/mnist
+    python bench/peers.py summary        # bench/results/peers.{json,md,png} from the cells run so far
 
-For each: best validation accuracy within the budget, time to first reach 98.0% validation accuracy
-(at an epoch's end), trials finished, and the test accuracy of the winner retrained from scratch
-(after the budget; the test set is read only then). Writes bench/results/peers.{json,md}.
+Methods. Accuracy (single objective), on studies/accuracy.toml's space:
+  ours-accuracy          `python -m sweep run --study accuracy`, winner by `python -m sweep best`
+  kerastuner-hyperband   KerasTuner Hyperband (max_epochs: the study's epochs, factor 3)
+  kerastuner-bayes       KerasTuner BayesianOptimization
+  optuna-tpe             a hand-written Optuna TPE loop (no pruning)
+Accuracy against training seconds (two objectives), on the default study's space:
+  ours-default           `python -m sweep run` (default study: dominance pruning)
+  ours-default-nodominance   the same study with pruner = "none": the ablation
+  optuna-nsga2, optuna-tpe-mo   hand-written multi-objective Optuna loops (no pruning), as a user writes them
 
-Usage: python bench/peers.py --data-dir ../shared/datasets/mnist --minutes 15
+The rules, the same for every method:
+- the space comes from the study file (`StudySpec.config_for`), models from `mnist_core` (`build_run`: the
+  same fast path) and data through the same tf.data pipeline (`make_dataset`), the same split;
+- each method runs in its own process; its clock starts once the data is loaded (ours loads it inside
+  `sweep run`, so its clock includes loading: the rules err against us), and the process is killed
+  GRACE seconds after its budget if it has not stopped;
+- every epoch is a point (wall seconds since the start, the trial's training seconds so far, validation
+  accuracy); only points inside the budget count; trials counted alike (trials with such a point);
+- scoring alike: a trial's best validation epoch; the winner (the best point inside the budget) is
+  retrained with our trainer to that epoch after the budget and tested once (ours: by `sweep best`).
+Measures: time to 98.0% validation accuracy; the winner's test accuracy; for the two-objective methods,
+the hypervolume of the (validation accuracy, training seconds) points inside the budget with the
+reference point (accuracy REFERENCE_ACCURACY, REFERENCE_SECONDS s).
 """
 
 from __future__ import annotations
@@ -21,254 +35,343 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import signal
+import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
-STUDY = ROOT / "studies" / "tradeoff.toml"
+from common import RESULTS, ROOT, commit, publish
+
+from sweep.hypermodel import STUDIES
+
+CELLS = RESULTS / "peers_cells.json"
+WORK = ROOT / "bench" / "stores" / "peers"
 TARGET = 0.98
-METHODS = ("ours", "kerastuner", "optuna")
+GRACE = 10.0
+# Hypervolume reference: the accuracy a one-epoch 1 x 64 net passes, and the default study's per-trial budget.
+REFERENCE_ACCURACY, REFERENCE_SECONDS = 0.90, 120.0
+ACCURACY_METHODS = ("ours-accuracy", "kerastuner-hyperband", "kerastuner-bayes", "optuna-tpe")
+TRADEOFF_METHODS = ("ours-default", "ours-default-nodominance", "optuna-nsga2", "optuna-tpe-mo")
+METHODS = ACCURACY_METHODS + TRADEOFF_METHODS
 
 
-def _splits(data_dir: str):
-    from mnist_core.data import load_splits, resolve_source
-    from sweep.hypermodel import load_study
-
-    spec = load_study(STUDY)
-    source = resolve_source(data_dir)
-    return spec, source, load_splits(source, spec.validation_fraction, spec.split_seed)
-
-
-def _config(params: dict, seed: int = 0):
-    """A peer's hyperparameters as our TrainConfig, so every winner is retrained the same way."""
-    from mnist_core.model import MLPConfig
-    from mnist_core.trainer import TrainConfig
-
-    model = MLPConfig(depth=params["depth"], width=params["width"], dropout=params["dropout"], learning_rate=params["learning_rate"])
-    return TrainConfig(model, epochs=params["epochs"], batch_size=params["batch_size"], seed=seed)
+def study_file(method: str, seed: int, work: Path) -> Path:
+    """The study a method searches: the shipped file, with the cell's seed (and, for the ablation, no pruning)."""
+    source = STUDIES / ("accuracy.toml" if method in ACCURACY_METHODS else "tradeoff.toml")
+    text = re.sub(r"^seed = \d+", f"seed = {seed}", source.read_text(), count=1, flags=re.MULTILINE)
+    if method == "ours-default-nodominance":
+        text = text.replace('pruner = "dominance"', 'pruner = "none"')
+    path = work / source.name
+    path.write_text(text)
+    return path
 
 
-def _test_winner(config, splits, source) -> float:
-    from mnist_core.evaluate import evaluate_test
-    from mnist_core.trainer import train
+class PointLog:
+    """Points as JSON lines, flushed as each epoch ends: what a killed process leaves is still read."""
 
-    result = train(config, splits, keep_model=True)
-    return evaluate_test(result.model, source)["test_accuracy"]
+    def __init__(self, path: Path):
+        self.file = path.open("a")
 
-
-def _arrays(splits):
-    from mnist_core.data import scale_pixels
-
-    return (scale_pixels(splits.train.images).numpy(), splits.train.labels, scale_pixels(splits.val.images).numpy(), splits.val.labels)
+    def write(self, **point) -> None:
+        self.file.write(json.dumps(point) + "\n")
+        self.file.flush()
 
 
-def curve_callback(start: float, deadline: float, points: list):
-    """A Keras callback: record (seconds since start, val_accuracy) at each epoch's end; stop training at the deadline."""
+def point_callback(log: PointLog, trial: str, values: dict):
+    """A Keras callback that logs each epoch's point of one trial."""
     import keras
 
-    class Curve(keras.callbacks.Callback):
+    class Points(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.started = time.time()
+
         def on_epoch_end(self, epoch, logs=None):
-            points.append((time.time() - start, float(logs["val_accuracy"])))
-            if time.time() >= deadline:
-                self.model.stop_training = True
+            log.write(wall=time.time(), trial=trial, epoch=epoch + 1, train_seconds=time.time() - self.started,
+                      val_accuracy=float(logs["val_accuracy"]), values=values)
 
-    return Curve()
-
-
-def run_ours(data_dir: str, seconds: float, work: Path) -> dict:
-    from mlflow.tracking import MlflowClient
-
-    from mnist_core.evaluate import evaluate_test
-    from sweep.best import retrain
-    from sweep.cli import main as sweep_main
-    from sweep.oracle import FINISHED, load_existing, open_storage
-    from sweep.tracking import default_tracking_uri
-
-    spec, source, splits = _splits(data_dir)
-    start = time.time()
-    code = sweep_main(["run", "--study", str(STUDY), "--store", str(work), "--data-dir", data_dir, "--timeout", str(seconds), "--trials", "1000"])
-    used = time.time() - start
-    assert code == 0, code
-    study = load_existing(open_storage(None, work), spec.name)
-    client = MlflowClient(default_tracking_uri(work))
-    experiment = client.get_experiment_by_name(spec.name)
-    points = []
-    for run in client.search_runs([experiment.experiment_id], max_results=5000):
-        if "optuna.trial_number" in run.data.tags:
-            points += [(m.timestamp / 1000 - start, m.value) for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
-    complete = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("best_val_accuracy") is not None]
-    winner = max(complete, key=lambda t: t.user_attrs["best_val_accuracy"])
-    result = retrain(spec, winner, splits)
-    return _summary(points, used, len(study.get_trials(states=FINISHED)), winner.params | {"epochs": winner.user_attrs["best_epoch"]},
-                    winner.user_attrs["best_val_accuracy"], evaluate_test(result.model, source)["test_accuracy"])
+    return Points()
 
 
-def run_kerastuner(data_dir: str, seconds: float, work: Path) -> dict:
-    import keras_tuner as kt
-
-    from mnist_core.model import MLPConfig, build_mlp
-
-    spec, source, splits = _splits(data_dir)
-    x, y, xv, yv = _arrays(splits)
-    start = time.time()
-    deadline = start + seconds
-    points: list = []
-
-    class HyperModel(kt.HyperModel):
-        def build(self, hp):
-            return build_mlp(MLPConfig(
-                depth=hp.Int("depth", 1, 6), width=hp.Int("width", 32, 2048, sampling="log"),
-                dropout=hp.Float("dropout", 0.0, 0.3), learning_rate=hp.Float("learning_rate", 1e-4, 1e-2, sampling="log"),
-            ))
-
-        def fit(self, hp, model, *args, **kwargs):
-            return model.fit(*args, batch_size=hp.Choice("batch_size", [64, 128, 256, 512]), **kwargs)
-
-    # The Hyperband tuner, not the bare Tuner: only it trains each trial for its bracket's epochs and
-    # resumes promoted trials from their checkpoints. Iterations repeat until the budget is spent;
-    # then no new trial starts.
-    tuner = kt.Hyperband(HyperModel(), objective="val_accuracy", max_epochs=10, factor=3, hyperband_iterations=1000, seed=0,
-                         directory=str(work), project_name="hyperband", overwrite=True)
-    create_trial = tuner.oracle.create_trial
-
-    def create_trial_until_deadline(tuner_id):
-        if time.time() >= deadline:
-            return kt.engine.trial.Trial(tuner.oracle.get_space(), status=kt.engine.trial.TrialStatus.STOPPED)
-        return create_trial(tuner_id)
-
-    tuner.oracle.create_trial = create_trial_until_deadline
-    tuner.search(x, y, validation_data=(xv, yv), callbacks=[curve_callback(start, deadline, points)], verbose=0)
-    used = time.time() - start
-    finished = [t for t in tuner.oracle.trials.values() if t.status == "COMPLETED"]
-    best = max(finished, key=lambda t: t.score)
-    params = dict(best.hyperparameters.values)
-    params["epochs"] = int(params.get("tuner/epochs", 10))
-    return _summary(points, used, len(finished), {k: v for k, v in params.items() if not k.startswith("tuner/")},
-                    best.score, _test_winner(_config(params), splits, source))
-
-
-def run_optuna(data_dir: str, seconds: float, work: Path) -> dict:
+def search(method: str, seed: int, work: Path, data_dir: str) -> None:
+    """Child process of a peer's cell: load the data, write the start time, then search until killed
+    (or until a timeout of its own, as its user would set it)."""
     import keras
     import optuna
 
-    from mnist_core.model import MLPConfig, build_mlp
+    from mnist_core.data import load_splits, make_dataset, resolve_source
+    from mnist_core.trainer import build_run
+    from sweep.hypermodel import load_study
 
-    spec, source, splits = _splits(data_dir)
-    x, y, xv, yv = _arrays(splits)
-    start = time.time()
-    points: list = []
-    callback = curve_callback(start, float("inf"), points)  # no budgets: record only
+    spec = load_study(study_file(method, seed, work))
+    splits = load_splits(resolve_source(data_dir), spec.validation_fraction, spec.split_seed)
+    log = PointLog(work / "points.jsonl")
+    fits = iter(range(1_000_000))
 
-    def objective(trial: optuna.Trial) -> float:
+    def build(values: dict):
+        """One model of the study's space, as our trainer builds it (same model code and path)."""
         keras.backend.clear_session()
-        model = build_mlp(MLPConfig(
-            depth=trial.suggest_int("depth", 1, 6), width=trial.suggest_int("width", 32, 2048, log=True),
-            dropout=trial.suggest_float("dropout", 0.0, 0.3), learning_rate=trial.suggest_float("learning_rate", 1e-4, 1e-2, log=True),
-        ))
-        history = model.fit(x, y, batch_size=trial.suggest_categorical("batch_size", [64, 128, 256, 512]),
-                            epochs=trial.suggest_int("epochs", 1, 10), validation_data=(xv, yv), callbacks=[callback], verbose=0)
-        return history.history["val_accuracy"][-1]
+        keras.utils.set_random_seed(seed)
+        return build_run(spec.config_for(optuna.trial.FixedTrial(values), seed), len(splits.train))
+
+    def fit(config, model, values: dict, epochs: int | None = None, initial_epoch: int = 0, callbacks=()):
+        """Train through the same tf.data pipeline as our trainer, logging each epoch's point."""
+        return model.fit(
+            make_dataset(splits.train, config.batch_size, shuffle_seed=seed, augmentation=config.augmentation),
+            validation_data=make_dataset(splits.val, config.batch_size), epochs=epochs or config.epochs,
+            initial_epoch=initial_epoch, callbacks=[*callbacks, point_callback(log, str(next(fits)), values)], verbose=0,
+        )
+
+    (work / "start").write_text(str(time.time()))  # the clock starts with the data loaded
+    if method.startswith("kerastuner"):
+        import keras_tuner as kt
+
+        from sweep.hypermodel import HYPERPARAMETERS
+
+        def hp_values(hp) -> dict:
+            values = {}
+            for p in spec.params:
+                sampling = "log" if p.log else "linear"
+                if p.choices is not None:
+                    values[p.name] = hp.Choice(p.name, list(p.choices))
+                elif HYPERPARAMETERS[p.name][0] is int:
+                    values[p.name] = hp.Int(p.name, int(p.low), int(p.high), sampling=sampling)
+                else:
+                    values[p.name] = hp.Float(p.name, p.low, p.high, sampling=sampling)
+            return values
+
+        class StudyHyperModel(kt.HyperModel):
+            """The study's space; Hyperband loads a promoted trial's weights into what `build` returns."""
+
+            def build(self, hp):
+                self.config, model = build(hp_values(hp))
+                return model
+
+            def fit(self, hp, model, *args, epochs=None, initial_epoch=0, callbacks=(), **kwargs):
+                return fit(self.config, model, hp_values(hp), epochs, initial_epoch, callbacks)
+
+        common = {"objective": "val_accuracy", "seed": seed, "directory": str(work / "kt"), "overwrite": True}
+        if method == "kerastuner-hyperband":
+            tuner = kt.Hyperband(StudyHyperModel(), max_epochs=spec.fixed.get("epochs", 10), factor=3, hyperband_iterations=1000, **common)
+        else:
+            tuner = kt.BayesianOptimization(StudyHyperModel(), max_trials=100_000, **common)
+        tuner.search(verbose=0)
+        return
+    directions = spec.directions
+    sampler = optuna.samplers.NSGAIISampler(seed=seed) if method == "optuna-nsga2" else optuna.samplers.TPESampler(seed=seed)
+    study = optuna.create_study(directions=directions, sampler=sampler)
+
+    def objective(trial: optuna.Trial):
+        values = {p.name: p.suggest(trial) for p in spec.params}
+        started = time.time()
+        history = fit(*build(values), values)
+        accuracy = max(history.history["val_accuracy"])
+        return (accuracy, time.time() - started) if len(directions) > 1 else accuracy
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
-    study.optimize(objective, timeout=seconds)
-    used = time.time() - start
-    return _summary(points, used, len(study.trials), study.best_params, study.best_value,
-                    _test_winner(_config(study.best_params), splits, source))
+    budget = float((work / "budget").read_text())
+    study.optimize(objective, timeout=budget)  # as a user writes it; the harness stops what overruns
 
 
-def _summary(points: list, used: float, trials: int, params: dict, val: float, test: float) -> dict:
-    """The figures of one method; `curve` is its best validation accuracy so far, at each improvement."""
-    curve, best = [], 0.0
-    for seconds, accuracy in sorted(points):
-        if accuracy > best:
-            best = accuracy
-            curve.append((seconds, accuracy))
-    reached = [t for t, v in curve if v >= TARGET]
-    return {"seconds_used": used, "trials_finished": trials, "best_val_accuracy": val,
-            "seconds_to_98": reached[0] if reached else None, "winner": params, "winner_test_accuracy": test, "curve": curve}
+def ours_points(work: Path, name: str) -> list[dict]:
+    """Our study's points, wall-clocked by the MLflow timestamps of each epoch's validation accuracy."""
+    from mlflow import MlflowClient
+
+    from sweep.oracle import load_existing, open_storage
+    from sweep.points import trial_points
+    from sweep.tracking import default_tracking_uri
+
+    store = work / "store"
+    study = load_existing(open_storage(None, store), name)
+    client = MlflowClient(default_tracking_uri(store))
+    points = []
+    for trial in study.get_trials(deepcopy=False):
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if not run_id:
+            continue
+        walls = {m.step: m.timestamp / 1000 for m in client.get_metric_history(run_id, "val_accuracy")}
+        for p in trial_points(trial):
+            if p.epoch in walls:
+                    points.append({"wall": walls[p.epoch], "trial": str(trial.number), "epoch": p.epoch, "train_seconds": p.seconds,
+                               "val_accuracy": p.val_accuracy, "values": trial.params})
+    return points
 
 
-def one(method: str, data_dir: str, minutes: float, out: Path) -> None:
-    with tempfile.TemporaryDirectory() as work:
-        result = {"ours": run_ours, "kerastuner": run_kerastuner, "optuna": run_optuna}[method](data_dir, minutes * 60, Path(work))
-    out.write_text(json.dumps(result, default=float))
+def winner_test(method: str, seed: int, work: Path, data_dir: str, points: list[dict]) -> dict:
+    """The winner (best point inside the budget) retrained to its epoch and tested once."""
+    if method.startswith("ours"):
+        from mlflow import MlflowClient
+
+        from sweep.cli import main as sweep_main
+        from sweep.hypermodel import load_study
+        from sweep.tracking import default_tracking_uri
+
+        study_path = study_file(method, seed, work)
+        assert sweep_main(["best", "--study", str(study_path), "--store", str(work / "store"), "--data-dir", data_dir]) == 0
+        client = MlflowClient(default_tracking_uri(work / "store"))
+        experiment = client.get_experiment_by_name(load_study(study_path).name)
+        (run,) = client.search_runs([experiment.experiment_id], "tags.role = 'best'", max_results=1)
+        return {"test_accuracy": run.data.metrics["test_accuracy"], "trial": run.data.tags["optuna.trial_number"]}
+    import optuna
+
+    from mnist_core.data import load_splits, resolve_source
+    from mnist_core.evaluate import evaluate_test
+    from mnist_core.trainer import train
+    from sweep.hypermodel import load_study
+
+    best = max(points, key=lambda p: (p["val_accuracy"], -p["train_seconds"]))
+    spec = load_study(study_file(method, seed, work))
+    source = resolve_source(data_dir)
+    splits = load_splits(source, spec.validation_fraction, spec.split_seed)
+    config = spec.config_for(optuna.trial.FixedTrial(best["values"]), seed)
+    result = train(config, splits, on_epoch=lambda e: "winner's epoch" if e.epoch >= best["epoch"] else None, keep_model=True)
+    return {"test_accuracy": evaluate_test(result.model, source)["test_accuracy"], "trial": best["trial"]}
+
+
+def cell(method: str, seed: int, minutes: float, data_dir: str) -> dict:
+    """Run one method x seed under the rules above and measure it."""
+    import shutil
+
+    from sweep.report import hypervolume
+
+    work = WORK / f"{method}-seed{seed}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    budget = minutes * 60
+    (work / "budget").write_text(str(budget))
+    log = (work / "log.txt").open("w")
+    environment = dict(os.environ)
+    if method.startswith("ours"):  # as its user runs it; loading the data is inside its clock
+        command = [sys.executable, "-m", "sweep", "run", "--study", str(study_file(method, seed, work)), "--store", str(work / "store"),
+                   "--data-dir", data_dir, "--timeout", f"{budget:g}", "--trials", "100000"]
+        started = time.time()
+        (work / "start").write_text(str(started))
+        # The sweep's deadline from the moment it is launched (its own --timeout would count from after its imports).
+        environment["SWEEP_DEADLINE"] = repr(started + budget)
+    else:
+        command = [sys.executable, __file__, "_search", method, "--seed", str(seed), "--work", str(work), "--data-dir", data_dir]
+    child = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=environment)
+    while not (work / "start").exists():
+        if child.poll() is not None:
+            raise SystemExit(f"{method} ended before it started searching (exit code {child.returncode}); see {work / 'log.txt'}")
+        time.sleep(0.5)
+    start = float((work / "start").read_text())
+    try:
+        child.wait(timeout=max(0.0, start + budget + GRACE - time.time()))
+        stopped = "on its own"
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+        stopped = f"killed {GRACE:g} s after its budget"
+    ended = time.time()
+    if method.startswith("ours"):
+        from sweep.hypermodel import load_study
+
+        points = ours_points(work, load_study(study_file(method, seed, work)).name)
+    else:
+        points = [json.loads(line) for line in (work / "points.jsonl").read_text().splitlines() if line.strip()]
+    inside = [dict(p, wall=p["wall"] - start) for p in points if p["wall"] - start <= budget]
+    reached = sorted(p["wall"] for p in inside if p["val_accuracy"] >= TARGET)
+    result = {
+        "seconds_used": ended - start, "stopped": stopped, "points": len(inside), "points_after_budget": len(points) - len(inside),
+        "trials": len({p["trial"] for p in inside}), "best_val_accuracy": max((p["val_accuracy"] for p in inside), default=None),
+        "seconds_to_98": reached[0] if reached else None,
+        "curve": [[p["wall"], p["train_seconds"], p["val_accuracy"]] for p in sorted(inside, key=lambda p: p["wall"])],
+    }
+    if method in TRADEOFF_METHODS:
+        result["hypervolume"] = hypervolume([p["val_accuracy"] for p in inside], [p["train_seconds"] for p in inside],
+                                            REFERENCE_SECONDS, REFERENCE_ACCURACY)
+    if inside:
+        result["winner"] = winner_test(method, seed, work, data_dir, inside)
+    return result
+
+
+def median_range(values: list[float]) -> dict | None:
+    values = [v for v in values if v is not None]
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)} if values else None
+
+
+def paired_ratio(cells: dict, ours: str, theirs: str | tuple[str, ...], measure: str, best=max) -> float | None:
+    """Median over the seeds both ran of ours / theirs (`theirs` several methods: the best of them per seed)."""
+    theirs = (theirs,) if isinstance(theirs, str) else theirs
+    ratios = []
+    for seed, mine in cells.get(ours, {}).items():
+        other = [cells[t][seed].get(measure) for t in theirs if seed in cells.get(t, {})]
+        other = [o for o in other if o]
+        if mine.get(measure) is not None and other:
+            ratios.append(mine[measure] / best(other))
+    return statistics.median(ratios) if ratios else None
+
+
+def summary(cells: dict) -> tuple[dict, list[str]]:
+    per_method = {m: {
+        "seeds": sorted(int(s) for s in cells[m]),
+        "test_accuracy": median_range([c.get("winner", {}).get("test_accuracy") for c in cells[m].values()]),
+        "best_val_accuracy": median_range([c["best_val_accuracy"] for c in cells[m].values()]),
+        "seconds_to_98": median_range([c["seconds_to_98"] for c in cells[m].values()]),
+        "trials": median_range([c["trials"] for c in cells[m].values()]),
+        "hypervolume": median_range([c.get("hypervolume") for c in cells[m].values()]),
+    } for m in METHODS if m in cells}
+    minutes = sorted({c["minutes"] for m in cells.values() for c in m.values()})
+    kt_reached = [c["seconds_to_98"] for c in cells.get("kerastuner-hyperband", {}).values() if c["seconds_to_98"] is not None]
+    result = {
+        "commit": commit(),
+        "seeds": {m: v["seeds"] for m, v in per_method.items()},
+        "minutes_each": minutes[0] if len(minutes) == 1 else minutes,
+        "reference_point": {"val_accuracy": REFERENCE_ACCURACY, "train_seconds": REFERENCE_SECONDS},
+        "summary": {
+            "hypervolume_ratio_vs_plain_optuna": paired_ratio(cells, "ours-default", ("optuna-nsga2", "optuna-tpe-mo"), "hypervolume"),
+            "hypervolume_ratio_vs_no_dominance_pruning": paired_ratio(cells, "ours-default", "ours-default-nodominance", "hypervolume"),
+            "test_accuracy_median": {m: (v["test_accuracy"] or {}).get("median") for m, v in per_method.items()},
+            "time_to_98_ratio_vs_kerastuner": (paired_ratio(cells, "ours-accuracy", "kerastuner-hyperband", "seconds_to_98", best=min)
+                                               if kt_reached else None),
+            "kerastuner_reached_98": bool(kt_reached),
+        },
+        "methods": per_method,
+    }
+    fmt = lambda r, f="{:.4f}": "-" if r is None else f"{f.format(r['median'])} ({f.format(r['min'])}-{f.format(r['max'])}, n={r['n']})"  # noqa: E731
+    lines = ["# Peers: our search against KerasTuner and plain Optuna, median (range) over seeds", "",
+             f"Commit {result['commit']}; {result['minutes_each']} minutes per method and seed on this 2-core CPU VM; "
+             f"rules in `bench/peers.py`. Hypervolume reference point: accuracy {REFERENCE_ACCURACY}, {REFERENCE_SECONDS:g} s.", "",
+             "| method | seeds | test accuracy (winner) | best val accuracy | seconds to 98.0% val | trials | hypervolume |",
+             "|---|---|---|---|---|---|---|"]
+    for m, v in per_method.items():
+        lines.append(f"| {m} | {v['seeds']} | {fmt(v['test_accuracy'])} | {fmt(v['best_val_accuracy'])} | "
+                     f"{fmt(v['seconds_to_98'], '{:.0f}')} | {fmt(v['trials'], '{:.0f}')} | {fmt(v['hypervolume'], '{:.3f}')} |")
+    lines += ["", "Summary (medians of per-seed ratios):", "", "```", json.dumps(result["summary"], indent=2), "```", "",
+              "Commands:", ""] + [f"- `{c['command']}`" for m in cells.values() for c in m.values()]
+    return result, lines
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--minutes", type=float, default=15)
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
-                        help="methods to (re)run; the others keep their figures from bench/results/peers.json")
-    parser.add_argument("--method", choices=METHODS, help="(internal) run one method in this process")
-    parser.add_argument("--out", type=Path, help="(internal) where --method writes its JSON")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="action", required=True)
+    one = sub.add_parser("cell", help="run one method with one seed and merge it into bench/results/peers_cells.json")
+    one.add_argument("method", choices=METHODS)
+    one.add_argument("--seed", type=int, required=True)
+    one.add_argument("--minutes", type=float, default=10.0)
+    one.add_argument("--data-dir", default="../shared/datasets/mnist")
+    inner = sub.add_parser("_search")  # the child process of a cell
+    inner.add_argument("method", choices=METHODS)
+    inner.add_argument("--seed", type=int, required=True)
+    inner.add_argument("--work", type=Path, required=True)
+    inner.add_argument("--data-dir", required=True)
+    sub.add_parser("summary", help="bench/results/peers.{json,md} from the cells run so far")
     args = parser.parse_args()
-    if args.method:
-        return one(args.method, args.data_dir, args.minutes, args.out)
-    command = f"python bench/peers.py --data-dir {args.data_dir} --minutes {args.minutes:g}"
-    saved = RESULTS / "peers.json"
-    results = json.loads(saved.read_text())["results"] if saved.exists() and len(args.methods) < len(METHODS) else {}
-    for method in args.methods:
-        out = Path(tempfile.mktemp(suffix=".json"))
-        print(f"{method}: {args.minutes:g} minutes ...", flush=True)
-        subprocess.run([sys.executable, __file__, "--data-dir", args.data_dir, "--minutes", str(args.minutes),
-                        "--method", method, "--out", str(out)], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        results[method] = json.loads(out.read_text()) | {"command": f"{command} --methods {method}", "date": time.strftime("%Y-%m-%d %H:%M %Z")}
-        print(method, results[method], flush=True)
-    write({m: results[m] for m in METHODS if m in results}, command, args.minutes)
-
-
-def write(results: dict, command: str, minutes: float) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "peers.json").write_text(json.dumps({"command": command, "minutes_each": minutes, "results": results}, indent=2) + "\n")
-    names = {"ours": "mnist-sweep (default study)", "kerastuner": "KerasTuner Hyperband", "optuna": "plain Optuna TPE"}
-    lines = [
-        "# Sweep efficiency: mnist-sweep vs KerasTuner Hyperband vs plain Optuna TPE", "",
-        f"Command: `{command}`  ",
-        f"Date: {time.strftime('%Y-%m-%d %H:%M %Z')}; {os.cpu_count()} CPU cores, TensorFlow backend, real MNIST "
-        f"(54,000 train / 6,000 validation, the same split for all). Budget: {minutes:g} minutes each, one after the other.", "",
-        "| method | best val accuracy | time to 98.0% val | trials finished | wall-clock used | winner | winner's test accuracy (retrained) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for method, r in results.items():
-        reached = f"{r['seconds_to_98']:.0f} s" if r["seconds_to_98"] is not None else "not reached"
-        winner = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["winner"].items())
-        lines.append(f"| {names[method]} | {r['best_val_accuracy']:.4f} | {reached} | {r['trials_finished']} | "
-                     f"{r['seconds_used']:.0f} s | {winner} | {r['winner_test_accuracy']:.4f} |")
-    lines += ["", "Each row was measured by:"]
-    lines += [f"- {names[m]}: `{r['command']}`, {r['date']}" for m, r in results.items()]
-    chart = plot_curves(results, names, minutes)
-    lines += ["", f"![best validation accuracy so far]({chart.name})", ""]
-    (RESULTS / "peers.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
-
-def plot_curves(results: dict, names: dict, minutes: float) -> Path:
-    """Best validation accuracy so far against wall-clock, one line per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(8, 4.5))
-    for method, r in results.items():
-        if r["curve"]:
-            seconds, accuracy = zip(*r["curve"])
-            axes.step([s / 60 for s in seconds] + [minutes], list(accuracy) + [accuracy[-1]], where="post", label=names[method])
-    axes.axhline(TARGET, color="grey", linestyle=":", linewidth=1)
-    axes.set(xlabel="wall-clock (minutes)", ylabel="best validation accuracy so far", ylim=(0.95, 0.99),
-             title=f"Same space, same data, {minutes:g} minutes each")
-    axes.legend(loc="lower right")
-    axes.grid(alpha=0.3)
-    path = RESULTS / "peers.png"
-    figure.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(figure)
-    return path
+    if args.action == "_search":
+        return search(args.method, args.seed, args.work, args.data_dir)
+    cells = json.loads(CELLS.read_text()) if CELLS.exists() else {}
+    if args.action == "cell":
+        figures = cell(args.method, args.seed, args.minutes, args.data_dir)
+        cells.setdefault(args.method, {})[str(args.seed)] = {
+            "command": "python bench/peers.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "commit": commit(), "minutes": args.minutes, **figures}
+        RESULTS.mkdir(exist_ok=True)
+        CELLS.write_text(json.dumps(cells, indent=2) + "\n")
+    result, lines = summary(cells)
+    publish("peers", result, lines)
 
 
 if __name__ == "__main__":

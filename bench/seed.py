@@ -46,14 +46,14 @@ def train_seed(source: Source, study: Path = SEED_STUDY, old: bool = False) -> t
     return result, evaluate_test(result.model, source)
 
 
-def store_reference(result: TrainResult, test: dict[str, float], command: str, commit: str) -> None:
+def store_reference(result: TrainResult, test: dict[str, float], command: str, commit: str, source: str) -> None:
     """The seed model's point on every trade-off chart the tool draws (sweep/studies/seed.reference.json)."""
     reference = {
         "measured": f"{os.cpu_count()}-core CPU, {time.strftime('%Y-%m-%d')}",
         "train_seconds": result.seconds,
         "val_accuracy": result.best_epoch.val_accuracy,
         "test_accuracy": test["test_accuracy"],
-        "source": "bench/results/seed.json",
+        "source": source,
         "command": command,
         "commit": commit,
     }
@@ -88,7 +88,7 @@ def main() -> None:
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "seed.json").write_text(json.dumps(figures, indent=2) + "\n")
-    store_reference(result, test, figures["command"], commit())
+    store_reference(result, test, figures["command"], commit(), "bench/results/seed.json")
     rows = "\n".join(
         f"| {e.epoch} | {e.loss:.4f} | {e.accuracy:.4f} | {e.val_loss:.4f} | {e.val_accuracy:.4f} | {e.seconds:.1f} |"
         for e in result.epochs

@@ -215,6 +215,18 @@ class _Monitor(keras.callbacks.Callback):
                 self._stop(reason)
 
 
+def build_run(config: TrainConfig, n_train: int) -> tuple[TrainConfig, keras.Model]:
+    """The model of a run on the default path: XLA decided (and kept in the returned config, so a retrain
+    repeats it), batches per traced call sized, the learning-rate schedule laid over the planned steps."""
+    steps_per_epoch = math.ceil(n_train / config.batch_size)
+    n_params = param_count(config.model)
+    if config.model.jit_compile is None:
+        xla = use_xla(n_params, n_train, config.epochs)
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, jit_compile=xla))
+    steps = config.steps_per_execution or execution_steps(n_params, config.batch_size, steps_per_epoch)
+    return config, build_mlp(config.model, steps_per_execution=steps, total_steps=steps_per_epoch * config.epochs)
+
+
 def train(
     config: TrainConfig,
     data: Splits,
@@ -231,13 +243,9 @@ def train(
     """
     keras.backend.clear_session(free_memory=False)  # the previous run has collected its garbage
     keras.utils.set_random_seed(config.seed)
+    config, model = build_run(config, len(data.train))
     steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
     n_params = param_count(config.model)
-    if config.model.jit_compile is None:  # decided here, and kept in the result's config so a retrain repeats it
-        xla = use_xla(n_params, len(data.train), config.epochs)
-        config = dataclasses.replace(config, model=dataclasses.replace(config.model, jit_compile=xla))
-    steps = config.steps_per_execution or execution_steps(n_params, config.batch_size, steps_per_epoch)
-    model = build_mlp(config.model, steps_per_execution=steps, total_steps=steps_per_epoch * config.epochs)
     monitor = _Monitor(budget, steps_per_epoch, config.epochs, config.batch_size, len(data.train), on_epoch)
     started = clock()
     try:

@@ -45,14 +45,14 @@ def pareto_mask(accuracy: np.ndarray, seconds: np.ndarray) -> np.ndarray:
     return on_front
 
 
-def hypervolume(accuracy: np.ndarray, seconds: np.ndarray, max_seconds: float) -> float:
-    """Area dominated by the (accuracy, seconds) points within the reference point (accuracy 0, `max_seconds`).
+def hypervolume(accuracy: np.ndarray, seconds: np.ndarray, max_seconds: float, min_accuracy: float = 0.0) -> float:
+    """Area dominated by the (accuracy, seconds) points within the reference point (`min_accuracy`, `max_seconds`).
 
     One number for a whole front that grows when any point moves up (more accurate) or left (faster).
     """
     accuracy, seconds = np.asarray(accuracy, float), np.asarray(seconds, float)
-    inside = pareto_mask(accuracy, seconds) & (seconds < max_seconds) & (accuracy > 0)
-    area, below = 0.0, 0.0
+    inside = pareto_mask(accuracy, seconds) & (seconds < max_seconds) & (accuracy > min_accuracy)
+    area, below = 0.0, min_accuracy
     for a, s in sorted(zip(accuracy[inside], seconds[inside])):  # along the front: slower as it gets more accurate
         area += (a - below) * (max_seconds - s)
         below = a

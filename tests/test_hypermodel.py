@@ -16,7 +16,8 @@ STUDIES = Path(__file__).resolve().parents[1] / "studies"
 def test_shipped_studies_load():
     names = {load_study(p).name for p in STUDIES.glob("*.toml")}
     assert {"seed", "tradeoff", "accuracy"} <= names
-    assert load_study(STUDIES / "tradeoff.toml").directions == ["maximize", "minimize"]
+    tradeoff = load_study(STUDIES / "tradeoff.toml")
+    assert tradeoff.directions == ["maximize", "minimize"] and tradeoff.pruner == "dominance"
     accuracy = load_study(STUDIES / "accuracy.toml")
     assert accuracy.pruner == "hyperband" and not accuracy.multi_objective
 
@@ -87,6 +88,8 @@ def test_invalid_study_files_name_file_key_and_reason(tmp_path, extra, key, reas
     [
         ("[study\nname = 1", "not valid TOML"),
         ('[study]\nobjectives = ["val_accuracy", "train_seconds"]\npruner = "median"\n', "cannot prune multi-objective"),
+        ('[study]\nobjectives = ["val_accuracy"]\npruner = "dominance"\n', "dominance pruning needs objectives"),
+        ('[study]\nobjectives = ["val_loss", "train_seconds"]\npruner = "dominance"\n', "dominance pruning needs objectives"),
         ('[study]\nobjectives = ["accuracy"]\n', "study.objectives"),
         ("[fixed]\ndepth = 3\nwidth = [8, 8]\n", "width lists 2 layers but depth is 3"),
     ],

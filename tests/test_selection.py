@@ -83,6 +83,8 @@ def test_hypervolume_of_a_known_front():
     # past the reference, add nothing.
     assert hypervolume(np.array(accuracy), np.array(seconds), 20.0) == pytest.approx(17.1 + 0.9 + 0.2)
     assert hypervolume(np.array([]), np.array([]), 20.0) == 0.0
+    # From accuracy 0.95 up, only what lies above it counts: 0.02 x 10 (the 0.95 point itself adds nothing).
+    assert hypervolume(np.array(accuracy), np.array(seconds), 20.0, min_accuracy=0.95) == pytest.approx(0.2)
 
 
 def test_charts_place_the_seed_model_from_its_stored_measurement(tmp_path):

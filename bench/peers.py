@@ -345,6 +345,36 @@ def summary(cells: dict) -> tuple[dict, list[str]]:
     return result, lines
 
 
+def plot(cells: dict) -> None:
+    """Best validation accuracy so far against wall seconds, one line per method and seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
+    for index, method in enumerate(m for m in METHODS if m in cells):
+        color = f"C{index}"
+        for n, cell in enumerate(cells[method].values()):
+            best, xs, ys = 0.0, [], []
+            for wall, _, accuracy in cell["curve"]:
+                if accuracy > best:
+                    best = accuracy
+                    xs.append(wall)
+                    ys.append(best)
+            ax.step(xs, ys, where="post", color=color, lw=1.2, alpha=0.8, label=method if n == 0 else None)
+    ax.axhline(TARGET, color="grey", lw=0.8, ls=":")
+    ax.set_ylim(0.95, 1.0)
+    ax.set_xlabel("wall seconds since the data was loaded")
+    ax.set_ylabel("best validation accuracy so far")
+    ax.set_title("Peers on real MNIST: every method and seed, inside its budget")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "peers.png")
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="action", required=True)
@@ -371,7 +401,8 @@ def main() -> None:
         RESULTS.mkdir(exist_ok=True)
         CELLS.write_text(json.dumps(cells, indent=2) + "\n")
     result, lines = summary(cells)
-    publish("peers", result, lines)
+    plot(cells)
+    publish("peers", result, lines + ["", "![best validation accuracy so far](peers.png)"])
 
 
 if __name__ == "__main__":

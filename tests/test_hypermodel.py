@@ -72,6 +72,17 @@ depth = { low = 1, high = 3 }
         ("[fixed]\nactivation = \"swishy\"\n", "fixed.activation", "not one of"),
         ("[fixed]\nepochs = \"10\"\n", "fixed.epochs", "expected int"),
         ("[budget]\ntrial_seconds = -5\n", "budget.trial_seconds", "outside"),
+        # The training recipe's keys
+        ('[fixed]\nlr_schedule = "step"\n', "fixed.lr_schedule", "not one of constant, cosine, linear"),
+        ("[fixed]\nwarmup_fraction = 0.9\n", "fixed.warmup_fraction", "sane range"),
+        ("[fixed]\nfinal_lr_fraction = -0.1\n", "fixed.final_lr_fraction", "sane range"),
+        ('[fixed]\nweight_decay = "0.01"\n', "fixed.weight_decay", "expected float"),
+        ("[fixed]\nlabel_smoothing = 0.7\n", "fixed.label_smoothing", "sane range"),
+        ("[fixed]\ninput_dropout = 1.0\n", "fixed.input_dropout", "sane range"),
+        ("[fixed]\ntranslate = 0.8\n", "fixed.translate", "sane range"),
+        ("[nuisance]\nrotate = { low = -5.0, high = 10.0 }\n", "nuisance.rotate.low", "sane range"),
+        ("[fixed]\nelastic = true\n", "fixed.elastic", "expected float"),
+        ("[fixed]\nelastic_sigma = 0.1\n", "fixed.elastic_sigma", "sane range"),
     ],
 )
 def test_invalid_study_files_name_file_key_and_reason(tmp_path, extra, key, reason):
@@ -80,7 +91,7 @@ def test_invalid_study_files_name_file_key_and_reason(tmp_path, extra, key, reas
     with pytest.raises(StudyFileError) as error:
         load_study(path)
     message = str(error.value)
-    assert message.startswith(str(path)) and key in message and reason in message
+    assert message.startswith(str(path)) and key in message and reason in message and "\n" not in message
 
 
 @pytest.mark.parametrize(

@@ -81,7 +81,7 @@ SAMPLERS = ("tpe", "random", "nsga2")
 PRUNERS = ("none", "median", "hyperband", "dominance")  # dominance: ours, for accuracy against seconds (sweep/dominance.py)
 ROLES = ("scientific", "nuisance")
 SCHEMA = {
-    "study": {"name", "description", "objectives", "sampler", "pruner", "seed", "trials"},
+    "study": {"name", "description", "objectives", "sampler", "pruner", "pruner_warmup_epochs", "seed", "trials"},
     "budget": {"trial_seconds", "sweep_seconds"},
     "data": {"validation_fraction", "split_seed"},
     "scientific": set(HYPERPARAMETERS),
@@ -119,6 +119,7 @@ class StudySpec:
     objectives: tuple[str, ...]
     sampler: str
     pruner: str
+    pruner_warmup_epochs: int
     seed: int
     trials: int
     trial_seconds: float
@@ -261,6 +262,8 @@ def load_study(path: str | Path) -> StudySpec:
         raise _fail(path, "study.pruner", "dominance pruning needs objectives = [\"val_accuracy\", \"train_seconds\"]")
     if pruner not in ("none", "dominance") and len(objectives) > 1:
         raise _fail(path, "study.pruner", "Optuna cannot prune multi-objective studies; use pruner = \"dominance\" or \"none\"")
+    if "pruner_warmup_epochs" in study and pruner not in ("median", "hyperband"):
+        raise _fail(path, "study.pruner_warmup_epochs", "only the median and hyperband pruners use it; remove it or pick one of them")
 
     params: list[Param] = []
     fixed: dict[str, Any] = {}
@@ -280,6 +283,8 @@ def load_study(path: str | Path) -> StudySpec:
         objectives=tuple(objectives),
         sampler=sampler,
         pruner=pruner,
+        # A cosine-scheduled, augmented run says little about its end in its first epochs.
+        pruner_warmup_epochs=_number(path, "study.pruner_warmup_epochs", study.get("pruner_warmup_epochs", 1), int, 1, 10_000),
         seed=_number(path, "study.seed", study.get("seed", 0), int, 0, 2**31 - 1),
         trials=_number(path, "study.trials", study.get("trials", 50), int, 1, 100_000),
         trial_seconds=_number(path, "budget.trial_seconds", budget.get("trial_seconds", 300), float, 1, 7 * 86_400),

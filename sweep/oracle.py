@@ -125,10 +125,11 @@ def make_sampler(spec: StudySpec) -> TrialSeededSampler:
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    """Optuna's pruner; none decides before `pruner_warmup_epochs` (epochs are the reported steps, from 1)."""
     if spec.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=spec.pruner_warmup_epochs)
     if spec.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=spec.pruner_warmup_epochs, reduction_factor=3)
     return optuna.pruners.NopPruner()
 
 

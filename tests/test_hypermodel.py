@@ -100,6 +100,8 @@ def test_invalid_study_files_name_file_key_and_reason(tmp_path, extra, key, reas
         ("[study\nname = 1", "not valid TOML"),
         ('[study]\nobjectives = ["val_accuracy", "train_seconds"]\npruner = "median"\n', "cannot prune multi-objective"),
         ('[study]\nobjectives = ["val_accuracy"]\npruner = "dominance"\n', "dominance pruning needs objectives"),
+        ('[study]\nobjectives = ["val_accuracy"]\npruner_warmup_epochs = 3\n', "only the median and hyperband pruners"),
+        ('[study]\nobjectives = ["val_accuracy"]\npruner = "median"\npruner_warmup_epochs = 0\n', "study.pruner_warmup_epochs"),
         ('[study]\nobjectives = ["val_loss", "train_seconds"]\npruner = "dominance"\n', "dominance pruning needs objectives"),
         ('[study]\nobjectives = ["accuracy"]\n', "study.objectives"),
         ("[fixed]\ndepth = 3\nwidth = [8, 8]\n", "width lists 2 layers but depth is 3"),

@@ -58,13 +58,17 @@ TRADEOFF_METHODS = ("ours-default", "ours-default-nodominance", "optuna-nsga2", 
 METHODS = ACCURACY_METHODS + TRADEOFF_METHODS
 
 
-def study_file(method: str, seed: int, work: Path) -> Path:
-    """The study a method searches: the shipped file, with the cell's seed (and, for the ablation, no pruning)."""
-    source = STUDIES / ("accuracy.toml" if method in ACCURACY_METHODS else "tradeoff.toml")
-    text = re.sub(r"^seed = \d+", f"seed = {seed}", source.read_text(), count=1, flags=re.MULTILINE)
+def study_path(method: str, work: Path) -> Path:
+    """Where a cell keeps the study its method searches (written once, by `write_study`)."""
+    return work / ("accuracy.toml" if method in ACCURACY_METHODS else "tradeoff.toml")
+
+
+def write_study(method: str, seed: int, work: Path) -> Path:
+    """The shipped study file, with the cell's seed (and, for the ablation, no pruning)."""
+    path = study_path(method, work)
+    text = re.sub(r"^seed = \d+", f"seed = {seed}", (STUDIES / path.name).read_text(), count=1, flags=re.MULTILINE)
     if method == "ours-default-nodominance":
         text = text.replace('pruner = "dominance"', 'pruner = "none"')
-    path = work / source.name
     path.write_text(text)
     return path
 
@@ -105,7 +109,7 @@ def search(method: str, seed: int, work: Path, data_dir: str) -> None:
     from mnist_core.trainer import build_run
     from sweep.hypermodel import load_study
 
-    spec = load_study(study_file(method, seed, work))
+    spec = load_study(study_path(method, work))
     splits = load_splits(resolve_source(data_dir), spec.validation_fraction, spec.split_seed)
     log = PointLog(work / "points.jsonl")
     fits = iter(range(1_000_000))
@@ -208,10 +212,10 @@ def winner_test(method: str, seed: int, work: Path, data_dir: str, points: list[
         from sweep.hypermodel import load_study
         from sweep.tracking import default_tracking_uri
 
-        study_path = study_file(method, seed, work)
-        assert sweep_main(["best", "--study", str(study_path), "--store", str(work / "store"), "--data-dir", data_dir]) == 0
+        study = study_path(method, work)
+        assert sweep_main(["best", "--study", str(study), "--store", str(work / "store"), "--data-dir", data_dir]) == 0
         client = MlflowClient(default_tracking_uri(work / "store"))
-        experiment = client.get_experiment_by_name(load_study(study_path).name)
+        experiment = client.get_experiment_by_name(load_study(study).name)
         (run,) = client.search_runs([experiment.experiment_id], "tags.role = 'best'", max_results=1)
         return {"test_accuracy": run.data.metrics["test_accuracy"], "trial": run.data.tags["optuna.trial_number"]}
     import optuna
@@ -222,7 +226,7 @@ def winner_test(method: str, seed: int, work: Path, data_dir: str, points: list[
     from sweep.hypermodel import load_study
 
     best = max(points, key=lambda p: (p["val_accuracy"], -p["train_seconds"]))
-    spec = load_study(study_file(method, seed, work))
+    spec = load_study(study_path(method, work))
     source = resolve_source(data_dir)
     splits = load_splits(source, spec.validation_fraction, spec.split_seed)
     config = spec.config_for(optuna.trial.FixedTrial(best["values"]), seed)
@@ -241,10 +245,11 @@ def cell(method: str, seed: int, minutes: float, data_dir: str) -> dict:
     work.mkdir(parents=True)
     budget = minutes * 60
     (work / "budget").write_text(str(budget))
+    study = write_study(method, seed, work)
     log = (work / "log.txt").open("w")
     environment = dict(os.environ)
     if method.startswith("ours"):  # as its user runs it; loading the data is inside its clock
-        command = [sys.executable, "-m", "sweep", "run", "--study", str(study_file(method, seed, work)), "--store", str(work / "store"),
+        command = [sys.executable, "-m", "sweep", "run", "--study", str(study), "--store", str(work / "store"),
                    "--data-dir", data_dir, "--timeout", f"{budget:g}", "--trials", "100000"]
         started = time.time()
         (work / "start").write_text(str(started))
@@ -269,7 +274,7 @@ def cell(method: str, seed: int, minutes: float, data_dir: str) -> dict:
     if method.startswith("ours"):
         from sweep.hypermodel import load_study
 
-        points = ours_points(work, load_study(study_file(method, seed, work)).name)
+        points = ours_points(work, load_study(study).name)
     else:
         points = [json.loads(line) for line in (work / "points.jsonl").read_text().splitlines() if line.strip()]
     inside = [dict(p, wall=p["wall"] - start) for p in points if p["wall"] - start <= budget]

@@ -71,6 +71,10 @@ class TrainConfig:
         if not isinstance(self.augmentation, Augmentation):
             raise ValueError(f"augmentation must be an Augmentation, got {self.augmentation!r}")
 
+    def steps_per_epoch(self, n_train: int) -> int:
+        """Batches in one epoch of `n_train` examples (the last one may be short)."""
+        return math.ceil(n_train / self.batch_size)
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -218,7 +222,7 @@ class _Monitor(keras.callbacks.Callback):
 def build_run(config: TrainConfig, n_train: int) -> tuple[TrainConfig, keras.Model]:
     """The model of a run on the default path: XLA decided (and kept in the returned config, so a retrain
     repeats it), batches per traced call sized, the learning-rate schedule laid over the planned steps."""
-    steps_per_epoch = math.ceil(n_train / config.batch_size)
+    steps_per_epoch = config.steps_per_epoch(n_train)
     n_params = param_count(config.model)
     if config.model.jit_compile is None:
         xla = use_xla(n_params, n_train, config.epochs)
@@ -244,9 +248,7 @@ def train(
     keras.backend.clear_session(free_memory=False)  # the previous run has collected its garbage
     keras.utils.set_random_seed(config.seed)
     config, model = build_run(config, len(data.train))
-    steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
-    n_params = param_count(config.model)
-    monitor = _Monitor(budget, steps_per_epoch, config.epochs, config.batch_size, len(data.train), on_epoch)
+    monitor = _Monitor(budget, config.steps_per_epoch(len(data.train)), config.epochs, config.batch_size, len(data.train), on_epoch)
     started = clock()
     try:
         model.fit(
@@ -262,7 +264,7 @@ def train(
         outcome: Outcome = "completed" if reason is None else "failed" if reason.startswith("nan_loss") else "stopped"
         result = TrainResult(
             config=config,
-            param_count=n_params,
+            param_count=param_count(config.model),
             epochs=monitor.epochs,
             seconds=seconds,
             outcome=outcome,

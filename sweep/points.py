@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -54,10 +55,26 @@ def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
     return a[0] <= b[0] and a[1] >= b[1] and (a[0] < b[0] or a[1] > b[1])
 
 
+def pareto_mask(accuracy: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+    """True where no other point `dominates` this one (exact copies dominate neither); NaN or infinite never.
+
+    One sweep, fastest first and most accurate first among equals: a point is on the front when it beats
+    every faster one's accuracy, or is a copy of the front point just before it.
+    """
+    accuracy, seconds = np.asarray(accuracy, float), np.asarray(seconds, float)
+    on_front = np.zeros(len(accuracy), bool)
+    best = (math.nan, -math.inf)  # (seconds, accuracy) of the last point put on the front
+    for i in np.lexsort((-accuracy, seconds)):
+        if not (math.isfinite(accuracy[i]) and math.isfinite(seconds[i])):
+            continue
+        if accuracy[i] > best[1] or (accuracy[i] == best[1] and seconds[i] == best[0]):
+            on_front[i] = True
+            best = (seconds[i], accuracy[i])
+    return on_front
+
+
 def front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The non-dominated (seconds, accuracy) pairs, fastest first."""
-    best: list[tuple[float, float]] = []
-    for seconds, accuracy in sorted(points, key=lambda p: (p[0], -p[1])):
-        if not best or accuracy > best[-1][1]:
-            best.append((seconds, accuracy))
-    return best
+    """The non-dominated (seconds, accuracy) pairs, fastest first, each once."""
+    seconds, accuracy = np.array(points, float).reshape(-1, 2).T
+    mask = pareto_mask(accuracy, seconds)
+    return sorted(set(zip(seconds[mask].tolist(), accuracy[mask].tolist())))

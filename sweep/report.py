@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from sweep.hypermodel import STUDIES
 from sweep.oracle import trained
-from sweep.points import study_points
+from sweep.points import pareto_mask, study_points
 from sweep.tracking import PARENT_ATTR, SUMMARY_METRICS, Tracker
 
 # Columns the printed table leaves to the CSV.
@@ -31,18 +31,6 @@ def seed_reference(path: Path = SEED_REFERENCE) -> tuple[str, float, float] | No
         return f"seed model 5x2000, 10 ep ({data['measured']})", float(data["train_seconds"]), float(data["val_accuracy"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def pareto_mask(accuracy: np.ndarray, seconds: np.ndarray) -> np.ndarray:
-    """True where no other point is at least as accurate and as fast, and strictly better in one."""
-    accuracy, seconds = np.asarray(accuracy, float), np.asarray(seconds, float)
-    valid = np.isfinite(accuracy) & np.isfinite(seconds)
-    on_front = valid.copy()
-    for i in np.flatnonzero(valid):
-        no_worse = (accuracy[valid] >= accuracy[i]) & (seconds[valid] <= seconds[i])
-        better = (accuracy[valid] > accuracy[i]) | (seconds[valid] < seconds[i])
-        on_front[i] = not np.any(no_worse & better)
-    return on_front
 
 
 def hypervolume(accuracy: np.ndarray, seconds: np.ndarray, max_seconds: float, min_accuracy: float = 0.0) -> float:

@@ -167,6 +167,7 @@ def _train(ctx: SweepContext, trial: optuna.Trial, config: TrainConfig, seconds:
         if spec.pruner == "dominance":
             if stats.partial:
                 return None
+            # Read afresh each epoch: other workers finish trials meanwhile, and each one sharpens the front.
             finished = trial.study.get_trials(deepcopy=False, states=FINISHED)
             points = [(p.seconds, p.val_accuracy) for t in finished for p in trial_points(t)]
             return dominance.dominated(curve, config.epochs, [curve_of(t) for t in finished], front(points))

@@ -12,7 +12,8 @@ from optuna.distributions import IntDistribution
 from optuna.trial import TrialState
 
 from sweep.best import SelectionError, model_name, select_point
-from sweep.report import SEED_REFERENCE, hypervolume, pareto_mask, seed_reference
+from sweep.points import front, pareto_mask
+from sweep.report import SEED_REFERENCE, hypervolume, seed_reference
 
 
 def test_pareto_mask_on_a_known_front():
@@ -22,6 +23,7 @@ def test_pareto_mask_on_a_known_front():
     # by 0.90@1, 0.96@10 by 0.97@10; a NaN or infinite point is never on it.
     expected = [True, True, True, True, False, False, False, False]
     assert pareto_mask(np.array(accuracy), np.array(seconds)).tolist() == expected
+    assert front(list(zip(seconds, accuracy))) == [(1.0, 0.90), (2.0, 0.95), (10.0, 0.97)]
 
 
 def _study(*trials: tuple[TrialState, list[tuple[float, float]]]) -> optuna.Study:

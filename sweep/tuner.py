@@ -97,7 +97,10 @@ def run_trial(study: optuna.Study, ctx: SweepContext, trial: optuna.Trial) -> Fr
         seconds = ctx.spec.trial_seconds if ctx.deadline is None else min(ctx.spec.trial_seconds, ctx.deadline - time.time())
         outcome = _skip(ctx, trial, config, seconds)
         if outcome is None:
-            run_id = _open_run(ctx, trial, config)
+            # The run id is kept the moment the run exists, so an interrupt while it is described still closes it.
+            run_id = ctx.tracker.start_run(f"trial-{trial.number}", ctx.parent_run_id,
+                                           {"optuna.trial_number": str(trial.number), "optuna.study": trial.study.study_name})
+            _describe_run(ctx, trial, config, run_id)
             outcome = _train(ctx, trial, config, seconds, run_id)
     except BaseException as exc:  # Ctrl-C, SIGTERM, a tracking or storage error
         error = exc
@@ -133,10 +136,8 @@ def _skip(ctx: SweepContext, trial: optuna.Trial, config: TrainConfig, seconds: 
     return None
 
 
-def _open_run(ctx: SweepContext, trial: optuna.Trial, config: TrainConfig) -> str:
-    """The trial's MLflow child run, with its params and manifest."""
-    tags = {"optuna.trial_number": str(trial.number), "optuna.study": trial.study.study_name}
-    run_id = ctx.tracker.start_run(f"trial-{trial.number}", ctx.parent_run_id, tags)
+def _describe_run(ctx: SweepContext, trial: optuna.Trial, config: TrainConfig, run_id: str) -> None:
+    """The trial's MLflow child run gets its params, dataset and manifest."""
     trial.set_user_attr("mlflow_run_id", run_id)
     ctx.tracker.log_params(run_id, config_params(config))
     ctx.tracker.log_dataset(run_id, ctx.splits)
@@ -146,7 +147,6 @@ def _open_run(ctx: SweepContext, trial: optuna.Trial, config: TrainConfig) -> st
         manifest(config.seed, splits.source, splits.checksum, study_file=str(spec.path), trial_number=trial.number),
         "manifest.json",
     )
-    return run_id
 
 
 def _train(ctx: SweepContext, trial: optuna.Trial, config: TrainConfig, seconds: float, run_id: str) -> Outcome:

@@ -368,3 +368,19 @@ def test_two_worker_processes_share_one_study(cli):
     for trial in complete:
         assert by_id[trial.user_attrs["mlflow_run_id"]].info.status == "FINISHED"
     assert not [r for r in all_runs if r.info.status == "RUNNING"]
+
+
+def test_an_interrupt_while_the_run_is_being_described_still_closes_it(cli, monkeypatch):
+    # SIGTERM can land between MLflow creating a trial's run and its params being logged; the run must
+    # still end FAILED, not stay RUNNING.
+    from sweep.tracking import Tracker
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Tracker, "log_dataset", interrupted)
+    assert cli("run", "--trials", "1")[0] == 130
+    (trial,) = load(cli.store).trials
+    assert trial.state == TrialState.FAIL and trial.user_attrs["reason"] == "interrupted"
+    _, all_runs = runs(cli.store)
+    assert {r.data.tags["mlflow.runName"]: r.info.status for r in all_runs}[f"trial-{trial.number}"] == "FAILED"

@@ -1,7 +1,8 @@
 """Training speed against the hardware limit: the default path of `mnist_core.trainer.train` vs the old one.
 
-The old path is plain TensorFlow, one batch per traced call (`jit_compile=False`, `steps_per_execution=1`),
-what every trial ran before; the default path sizes several batches per traced call and turns XLA on where
+The old path is Keras `Model.fit` on the tf.data pipeline, one batch per traced call, no XLA
+(`common.train_with_fit`): how the Keras examples train, and what every trial ran before. The default path is
+`mnist_core.trainer`'s own loop on resident tensors, several batches per traced call, XLA on the step where
 the run repays compiling (`mnist_core.trainer.execution_steps`, `use_xla`). For MLPs from 1 x 64 to the seed
 model (5 x 2000): steady-state seconds per epoch, the warm-up epoch and examples/s, each path in its own
 process. The FLOP bound of an epoch is 6 x parameters x examples / the matrix-multiply FLOP/s measured in
@@ -22,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import RESULTS, ROOT, commit  # bench/common.py
+from common import RESULTS, ROOT, commit, train_with_fit  # bench/common.py
 SIZES = {  # depth, width, batch, epochs
     "1x64": (1, 64, 512, 3),
     "1x256": (1, 256, 128, 3),
@@ -58,13 +59,10 @@ def measure(data_dir: str, path: str) -> dict:
     flops = matmul_flops()
     rows = {}
     for name, (depth, width, batch, epochs) in SIZES.items():
-        if path == "old":
-            config = TrainConfig(MLPConfig(depth=depth, width=width, jit_compile=False), epochs=epochs, batch_size=batch, steps_per_execution=1)
-        else:
-            config = TrainConfig(MLPConfig(depth=depth, width=width), epochs=epochs, batch_size=batch)
-        result = train(config, splits)
+        config = TrainConfig(MLPConfig(depth=depth, width=width), epochs=epochs, batch_size=batch)
+        result = train_with_fit(config, splits) if path == "old" else train(config, splits)
         bound = 6 * result.param_count * len(splits.train) / flops
-        steps = config.steps_per_execution or execution_steps(result.param_count, batch, -(-len(splits.train) // batch))
+        steps = 1 if path == "old" else execution_steps(result.param_count, batch, config.steps_per_epoch(len(splits.train)))
         rows[name] = {
             "shape": f"{depth} x {width}", "batch_size": batch, "params": result.param_count, "epochs": epochs,
             "jit_compile": result.config.model.jit_compile, "steps_per_execution": steps,
@@ -99,8 +97,9 @@ def main() -> None:
         "# Training speed vs the hardware limit: the default path vs the old one", "",
         f"Command: `{command}` (commit {measured})  ",
         f"Date: {time.strftime('%Y-%m-%d %H:%M %Z')}; {os.cpu_count()} CPU cores, TensorFlow backend; 54,000 training examples per epoch.", "",
-        "Old: plain TensorFlow, one batch per traced call. Default: several batches per traced call (about "
-        "0.25 s of work each), XLA where the run repays compiling. Measured matrix-multiply throughput (float32, "
+        "Old: Keras `Model.fit` on the tf.data pipeline, one batch per traced call, no XLA. Default: the trainer's "
+        "own loop on resident tensors, several batches per traced call (about 0.25 s of work each), XLA on the "
+        "step where the run repays compiling. Measured matrix-multiply throughput (float32, "
         "2048 x 2048): " + "; ".join(f"{p}: {r['matmul_flops'] / 1e9:.0f} GFLOP/s" for p, r in results.items()) + ".", "",
         "| size | params | batch | path | XLA | batches per call | warm-up epoch | steady s/epoch | examples/s | FLOP-bound s/epoch | fraction of bound | speed-up | val acc |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",

@@ -27,3 +27,37 @@ def publish(name: str, result: dict, lines: list[str]) -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def train_with_fit(config, splits):
+    """The old path, for side-by-side timings: Keras `Model.fit` on the tf.data pipeline (`make_dataset`), one
+    batch per traced call, no XLA: how the Keras examples train, and how every trial trained before
+    `mnist_core.trainer` got its own loop. Returns a `TrainResult` with the model kept."""
+    import dataclasses
+    import time
+
+    import keras
+
+    from mnist_core.data import make_dataset
+    from mnist_core.model import param_count
+    from mnist_core.trainer import EpochStats, TrainResult, build_run
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(config.seed)
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, jit_compile=False))
+    config, model = build_run(config, len(splits.train))
+    epochs: list[EpochStats] = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            epochs.append(EpochStats(epoch + 1, logs["loss"], logs["accuracy"], logs["val_loss"], logs["val_accuracy"],
+                                     time.perf_counter() - self.started, len(splits.train), False))
+
+    started = time.perf_counter()
+    model.fit(make_dataset(splits.train, config.batch_size, shuffle_seed=config.seed, augmentation=config.augmentation),
+              validation_data=make_dataset(splits.val, config.batch_size), epochs=config.epochs, callbacks=[Timer()],
+              shuffle=False, verbose=0)
+    return TrainResult(config, param_count(config.model), epochs, time.perf_counter() - started, "completed", None, model)

@@ -16,8 +16,11 @@ Accuracy against training seconds (two objectives), on the default study's space
   optuna-nsga2, optuna-tpe-mo   hand-written multi-objective Optuna loops (no pruning), as a user writes them
 
 The rules, the same for every method:
-- the space comes from the study file (`StudySpec.config_for`), models from `mnist_core` (`build_run`: the
-  same fast path) and data through the same tf.data pipeline (`make_dataset`), the same split;
+- the space comes from the study file (`StudySpec.config_for`), models from `mnist_core` (`build_run`), the
+  same split; the peers train with Keras `Model.fit` on the tf.data pipeline (`make_dataset`), as their users
+  do; ours with `mnist_core.trainer`, whose own loop (resident tensors, gathered batches) replaced
+  `Model.fit` after the first cells: each cell records its commit, and a comparison mixes the two only
+  where bench/results/peers.md says so;
 - each method runs in its own process; its clock starts once the data is loaded (ours loads it inside
   `sweep run`, so its clock includes loading: the rules err against us), and the process is killed
   GRACE seconds after its budget if it has not stopped;

@@ -1,7 +1,7 @@
 """Reproduce the seed study on real MNIST and write its figures to bench/results/seed.{json,md}.
 
-With `--old-path`, the same model is also trained on the old path (plain TensorFlow, one batch per traced
-call) in the same run, and bench/results/seed_paths.{json,md} set the two side by side.
+With `--old-path`, the same model is also trained on the old path (Keras `Model.fit`, one batch per traced
+call, no XLA: `common.train_with_fit`) in the same run, and bench/results/seed_paths.{json,md} set the two side by side.
 
 Usage: python bench/seed.py --data-dir ../shared/datasets/mnist [--old-path]
 """
@@ -9,7 +9,6 @@ Usage: python bench/seed.py --data-dir ../shared/datasets/mnist [--old-path]
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -19,20 +18,15 @@ from pathlib import Path
 
 import keras
 import optuna
-from common import RESULTS, commit
+from common import RESULTS, commit, train_with_fit
 
 from mnist_core.data import Source, load_splits, resolve_source
 from mnist_core.evaluate import evaluate_test
-from mnist_core.trainer import Budget, TrainConfig, TrainResult, train
+from mnist_core.trainer import Budget, TrainResult, train
 from sweep.hypermodel import STUDIES, load_study
 from sweep.report import SEED_REFERENCE
 
 SEED_STUDY = STUDIES / "seed.toml"
-
-
-def old_path(config: TrainConfig) -> TrainConfig:
-    """The path every trial took before the fast path: plain TensorFlow, one batch per traced call."""
-    return dataclasses.replace(config, model=dataclasses.replace(config.model, jit_compile=False), steps_per_execution=1)
 
 
 def train_seed(source: Source, study: Path = SEED_STUDY, old: bool = False) -> tuple[TrainResult, dict[str, float]]:
@@ -40,9 +34,8 @@ def train_seed(source: Source, study: Path = SEED_STUDY, old: bool = False) -> t
     spec = load_study(study)
     splits = load_splits(source, spec.validation_fraction, spec.split_seed)
     config = spec.config_for(optuna.trial.FixedTrial({}), seed=spec.seed)
-    config = old_path(config) if old else config
-    print(f"training {config} on {len(splits.train)} examples", flush=True)
-    result = train(config, splits, Budget(spec.trial_seconds), keep_model=True, verbose=2)
+    print(f"training {config} on {len(splits.train)} examples{' with Model.fit' if old else ''}", flush=True)
+    result = train_with_fit(config, splits) if old else train(config, splits, Budget(spec.trial_seconds), keep_model=True, verbose=1)
     return result, evaluate_test(result.model, source)
 
 

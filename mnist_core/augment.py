@@ -3,7 +3,8 @@
 All of it is one resampling of each image: every output pixel reads the input at an affine image of its
 own position plus, for elastic distortion, a smooth random displacement (Simard et al. 2003: uniform noise
 smoothed by a Gaussian of width `elastic_sigma`, scaled by `elastic`). It runs on whole batches inside the
-tf.data pipeline, with stateless random ops seeded per batch, so a seed replays the same distortions.
+trainer's traced loop (or a tf.data pipeline), with stateless random ops seeded per batch, so a seed
+replays the same distortions.
 Only the training pipeline applies it: validation, test and `predict` see the images as they are.
 """
 

@@ -229,7 +229,9 @@ def scale_pixels(images):
 
 
 def make_dataset(arrays: Arrays, batch_size: int, shuffle_seed: int | None = None, augmentation=None):
-    """A tf.data pipeline: reshuffle each epoch (if seeded), batch, scale each batch, prefetch.
+    """A tf.data pipeline: reshuffle each epoch (if seeded), batch, scale each batch, prefetch. For Keras'
+    own loops (`Model.evaluate` on the test set, `predict`, the peers' `Model.fit`); `mnist_core.trainer`
+    gathers its batches from resident tensors instead.
 
     `augmentation` (an `mnist_core.augment.Augmentation`, training only) distorts each batch after scaling,
     with per-batch seeds drawn from `shuffle_seed`: a new draw every epoch, the same draws every run.

@@ -152,12 +152,10 @@ def _optimizer(config: MLPConfig, total_steps: int | None) -> keras.optimizers.O
     return optimizer
 
 
-def build_mlp(config: MLPConfig, steps_per_execution: int = 1, total_steps: int | None = None) -> keras.Model:
+def build_mlp(config: MLPConfig, total_steps: int | None = None) -> keras.Model:
     """Flatten -> (Dropout) -> [Dense -> (BatchNorm) -> activation -> (Dropout)] x depth -> softmax, compiled.
 
-    `steps_per_execution` batches run in one traced call: how a trainer trades per-batch overhead
-    against how often it can look at the run (it changes no result). `total_steps`, the planned training
-    steps, sets the length of a learning-rate schedule.
+    `total_steps`, the planned training steps, sets the length of a learning-rate schedule.
     """
     layers: list[keras.Layer] = [keras.Input(shape=IMAGE_SHAPE), keras.layers.Flatten()]
     if config.input_dropout:
@@ -176,7 +174,6 @@ def build_mlp(config: MLPConfig, steps_per_execution: int = 1, total_steps: int 
         loss=SmoothedSparseCrossentropy(config.label_smoothing) if config.label_smoothing else "sparse_categorical_crossentropy",
         metrics=["accuracy"],
         jit_compile=bool(config.jit_compile),
-        steps_per_execution=steps_per_execution,
     )
     # Create the optimizer's slot variables now, eagerly: created inside the first traced train
     # step, each leaves initializer graphs that TensorFlow never frees (bench/results/memory.md).

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from typing import Callable, Literal
 
 import keras
+import numpy as np
 
 from mnist_core.augment import Augmentation
-from mnist_core.data import Splits, make_dataset
+from mnist_core.data import Splits
 from mnist_core.model import MLPConfig, build_mlp, param_count
 
 # Wall clock; a module attribute so tests can replace it with a fake one.
@@ -151,46 +152,26 @@ class TrainResult:
         return sum(e.examples for e in steady) / seconds if seconds > 0 else None
 
 
-class _Monitor(keras.callbacks.Callback):
-    """Deadline, over-budget projection, NaN guard and epoch records, checked after every execution
-    (one or more batches: Keras reports the last batch of each)."""
+class _Monitor:
+    """Deadline, over-budget projection and NaN guard, checked after every execution (one or more batches)."""
 
-    def __init__(self, budget: Budget, steps_per_epoch: int, epochs: int, batch_size: int, n_train: int, hook: EpochHook | None):
-        super().__init__()
-        self.budget, self.steps_per_epoch, self.total_steps, self.hook = budget, steps_per_epoch, steps_per_epoch * epochs, hook
-        self.batch_size, self.n_train = batch_size, n_train
-        self.epochs: list[EpochStats] = []
-        self.reason: str | None = None
+    def __init__(self, budget: Budget, total_steps: int):
+        self.budget, self.total_steps = budget, total_steps
         self.steps = 0
-        self.deadline = math.inf
+        self.deadline = math.inf if budget.seconds is None else clock() + budget.seconds
         self.timing_start: tuple[float, int] | None = None
 
-    def _stop(self, reason: str) -> None:
-        if self.reason is None:
-            self.reason = reason
-        self.model.stop_training = True
-
-    def on_train_begin(self, logs=None):
-        if self.budget.seconds is not None:
-            self.deadline = clock() + self.budget.seconds
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch_start, self.epoch_steps = clock(), 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        # `batch`: the execution's last batch, 0-based within the epoch; Keras counts an epoch's last,
-        # shorter execution as a full one, so the epoch's length caps it.
-        done = min(batch + 1, self.steps_per_epoch)
-        self.steps += done - self.epoch_steps
-        self.epoch_steps = done
+    def after_execution(self, steps: int, loss_sum: float) -> str | None:
+        """Why the run must stop after `steps` more batches whose epoch's loss sums to `loss_sum`, if it must."""
+        self.steps += steps
         now = clock()
-        if not math.isfinite(float(logs["loss"])):
-            return self._stop(f"nan_loss: training loss became {float(logs['loss'])} at step {self.steps}")
+        if not math.isfinite(loss_sum):
+            return f"nan_loss: training loss became {loss_sum} at step {self.steps}"
         if now >= self.deadline:
-            return self._stop(f"budget: {self.budget.seconds:g} s spent at step {self.steps}/{self.total_steps}")
-        if self.timing_start is None:
+            return f"budget: {self.budget.seconds:g} s spent at step {self.steps}/{self.total_steps}"
+        if self.timing_start is None:  # the first execution pays for tracing: time the ones after it
             self.timing_start = (now, self.steps)
-            return
+            return None
         start, start_steps = self.timing_start
         if self.deadline < math.inf and self.steps - start_steps >= PROJECTION_BATCHES:
             per_step = (now - start) / (self.steps - start_steps)
@@ -198,37 +179,116 @@ class _Monitor(keras.callbacks.Callback):
             # Projected past its budget, the run cannot finish: stop it now rather than let it spend
             # the whole budget and be cut at the deadline.
             if projected > self.budget.seconds:
-                self._stop(f"over_budget: projected {projected:.0f} s > budget {self.budget.seconds:g} s")
+                return f"over_budget: projected {projected:.0f} s > budget {self.budget.seconds:g} s"
+        return None
 
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        stats = EpochStats(
-            epoch=epoch + 1,
-            loss=float(logs.get("loss", math.nan)),
-            accuracy=float(logs.get("accuracy", math.nan)),
-            val_loss=float(logs.get("val_loss", math.nan)),
-            val_accuracy=float(logs.get("val_accuracy", math.nan)),
-            seconds=clock() - self.epoch_start,
-            examples=min(self.epoch_steps * self.batch_size, self.n_train),
-            partial=self.model.stop_training,
-        )
-        self.epochs.append(stats)
-        if self.hook is not None and self.reason is None:
-            reason = self.hook(stats)
-            if reason:
-                self._stop(reason)
+
+class _Loop:
+    """The traced functions of one run, on tensors that stay resident: `run(order, first, last)` trains
+    batches [first, last) of an epoch in the order `order`, adding to the epoch's sums; `evaluate` scores
+    the validation set.
+
+    A hand-written loop rather than `Model.fit`: it traces in about half the time and spends less per batch
+    (bench/results/backends.md), which is most of a small net's run. Batches are gathered from the
+    resident uint8 images by index, scaled and (training only) augmented with a stateless seed drawn from
+    the run's seed and the batch's number, so a seed replays the same run. Only the step itself (forward,
+    loss, gradients, update) is compiled with XLA when the run uses it: a whole loop compiled by XLA
+    copies the resident images on every batch.
+    """
+
+    EVAL_BATCH = 1024
+
+    def __init__(self, model: keras.Model, config: TrainConfig, data: Splits):
+        import tensorflow as tf
+
+        self.model, self.config = model, config
+        self.images, self.labels = tf.constant(data.train.images), tf.constant(data.train.labels, tf.int32)
+        self.val_images, self.val_labels = tf.constant(data.val.images), tf.constant(data.val.labels, tf.int32)
+        self.sums = [tf.Variable(0.0), tf.Variable(0.0), tf.Variable(0.0)]  # loss x examples, correct, examples
+        self.step = tf.function(self._step, jit_compile=bool(config.model.jit_compile), autograph=False)
+        self.run_batches = tf.function(self._run_batches, autograph=False)
+        self.evaluate = tf.function(self._evaluate, autograph=False)
+
+    def _step(self, x, y):
+        import tensorflow as tf
+
+        model = self.model
+        with tf.GradientTape() as tape:
+            predicted = model(x, training=True)
+            loss = model.compute_loss(x=x, y=y, y_pred=predicted, training=True)
+        model.optimizer.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+        return loss, _correct(predicted, y)
+
+    def _run_batches(self, order, first, last, seed):
+        import tensorflow as tf
+
+        from mnist_core.augment import augment_batch
+        from mnist_core.data import scale_pixels
+
+        batch, augmentation = self.config.batch_size, self.config.augmentation
+
+        def body(i):
+            index = order[i * batch : (i + 1) * batch]
+            x, y = scale_pixels(tf.gather(self.images, index)), tf.gather(self.labels, index)
+            if augmentation.enabled:
+                x = augment_batch(x, tf.stack([seed, tf.cast(i, tf.int64)]), augmentation)
+            loss, correct = self.step(x, y)
+            n = tf.cast(tf.size(index), tf.float32)
+            for total, value in zip(self.sums, (loss * n, correct, n), strict=True):
+                total.assign_add(value)
+            return (i + 1,)
+
+        tf.while_loop(lambda i: i < last, body, (first,))
+        return self.sums[0].read_value()
+
+    def _evaluate(self):
+        """Validation loss (mean over examples) and accuracy, in batches of EVAL_BATCH."""
+        import tensorflow as tf
+
+        from mnist_core.data import scale_pixels
+
+        n = tf.shape(self.val_labels)[0]
+
+        def body(start, loss_sum, correct):
+            x = scale_pixels(self.val_images[start : start + self.EVAL_BATCH])
+            y = self.val_labels[start : start + self.EVAL_BATCH]
+            predicted = self.model(x, training=False)
+            size = tf.cast(tf.shape(y)[0], tf.float32)
+            loss = self.model.compute_loss(x=x, y=y, y_pred=predicted, training=False)
+            return start + self.EVAL_BATCH, loss_sum + loss * size, correct + _correct(predicted, y)
+
+        _, loss_sum, correct = tf.while_loop(lambda start, *_: start < n, body, (0, 0.0, 0.0))
+        examples = tf.cast(n, tf.float32)
+        return loss_sum / examples, correct / examples
+
+    def epoch_sums(self) -> tuple[float, float, float]:
+        """(mean training loss, training accuracy, examples) of the epoch so far; then starts a new epoch."""
+        loss_sum, correct, examples = (float(v.numpy()) for v in self.sums)
+        for v in self.sums:
+            v.assign(0.0)
+        return (loss_sum / examples, correct / examples, examples) if examples else (math.nan, math.nan, 0.0)
+
+
+def _correct(predicted, labels):
+    """How many of a batch's predictions name the label."""
+    import tensorflow as tf
+
+    return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(predicted, axis=-1, output_type=tf.int32), labels), tf.float32))
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The order of the training examples in `epoch` of a run seeded `seed`: a new shuffle each epoch, the same every run."""
+    return np.random.default_rng([seed, epoch]).permutation(n).astype(np.int32)
 
 
 def build_run(config: TrainConfig, n_train: int) -> tuple[TrainConfig, keras.Model]:
     """The model of a run on the default path: XLA decided (and kept in the returned config, so a retrain
-    repeats it), batches per traced call sized, the learning-rate schedule laid over the planned steps."""
-    steps_per_epoch = config.steps_per_epoch(n_train)
+    repeats it), the learning-rate schedule laid over the planned steps."""
     n_params = param_count(config.model)
     if config.model.jit_compile is None:
         xla = use_xla(n_params, n_train, config.epochs)
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, jit_compile=xla))
-    steps = config.steps_per_execution or execution_steps(n_params, config.batch_size, steps_per_epoch)
-    return config, build_mlp(config.model, steps_per_execution=steps, total_steps=steps_per_epoch * config.epochs)
+    return config, build_mlp(config.model, total_steps=config.steps_per_epoch(n_train) * config.epochs)
 
 
 def train(
@@ -242,37 +302,56 @@ def train(
     """Train `config` on `data.train`, validating on `data.val` each epoch, within `budget`.
 
     The result's `config` is the one that ran: with `jit_compile` decided if it was left to the trainer.
-    `on_epoch` sees each epoch's stats and may return a reason to stop (e.g. pruning). The model
-    is returned only with `keep_model`; otherwise its memory is released before returning.
+    `on_epoch` sees each epoch's stats and may return a reason to stop (e.g. pruning); an epoch cut short
+    by the budget is validated and recorded too (`partial`). The model is returned only with `keep_model`;
+    otherwise its memory is released before returning. `verbose` prints a line per epoch.
     """
+    import tensorflow as tf
+
     keras.backend.clear_session(free_memory=False)  # the previous run has collected its garbage
     keras.utils.set_random_seed(config.seed)
     config, model = build_run(config, len(data.train))
-    monitor = _Monitor(budget, config.steps_per_epoch(len(data.train)), config.epochs, config.batch_size, len(data.train), on_epoch)
+    n_train, steps_per_epoch = len(data.train), config.steps_per_epoch(len(data.train))
+    per_call = config.steps_per_execution or execution_steps(param_count(config.model), config.batch_size, steps_per_epoch)
+    loop = _Loop(model, config, data)
+    epochs: list[EpochStats] = []
+    reason: str | None = None
     started = clock()
+    monitor = _Monitor(budget, steps_per_epoch * config.epochs)
     try:
-        model.fit(
-            make_dataset(data.train, config.batch_size, shuffle_seed=config.seed, augmentation=config.augmentation),
-            validation_data=make_dataset(data.val, config.batch_size),
-            epochs=config.epochs,
-            callbacks=[monitor],
-            shuffle=False,  # the pipeline reshuffles each epoch with the run's seed
-            verbose=verbose,
-        )
+        for epoch in range(1, config.epochs + 1):
+            epoch_start, order = clock(), epoch_order(config.seed, epoch, n_train)
+            seed = tf.constant(config.seed * 1_000_003 + epoch, tf.int64)  # augmentation seeds: (this, batch number)
+            first = 0
+            while first < steps_per_epoch and reason is None:
+                last = min(first + per_call, steps_per_epoch)
+                loss_sum = float(loop.run_batches(order, *(tf.constant(v, tf.int32) for v in (first, last)), seed))
+                reason = monitor.after_execution(last - first, loss_sum)
+                first = last
+            loss, accuracy, examples = loop.epoch_sums()
+            val_loss, val_accuracy = (float(v) for v in loop.evaluate())
+            stats = EpochStats(epoch, loss, accuracy, val_loss, val_accuracy, clock() - epoch_start, int(examples), reason is not None)
+            epochs.append(stats)
+            if verbose:
+                print(f"epoch {epoch}/{config.epochs}: {stats.seconds:.1f} s, loss {loss:.4f}, accuracy {accuracy:.4f}, "
+                      f"val_loss {val_loss:.4f}, val_accuracy {val_accuracy:.4f}", flush=True)
+            if reason is None and on_epoch is not None:
+                reason = on_epoch(stats)
+            if reason:
+                break
         seconds = clock() - started
-        reason = monitor.reason
         outcome: Outcome = "completed" if reason is None else "failed" if reason.startswith("nan_loss") else "stopped"
         result = TrainResult(
             config=config,
             param_count=param_count(config.model),
-            epochs=monitor.epochs,
+            epochs=epochs,
             seconds=seconds,
             outcome=outcome,
-            reason=reason,
+            reason=reason or None,
             model=model if keep_model else None,
         )
-    finally:  # also when fit raises (out of memory): the model goes either way
-        del model, monitor
+    finally:  # also when training raises (out of memory): the model goes either way
+        del model, loop
         if not keep_model:
             # One full garbage collection per run frees the model's reference cycles. Each one walks
             # the whole heap, which TensorFlow keeps large (bench/results/README.md), so nothing else collects.

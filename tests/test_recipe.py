@@ -54,6 +54,13 @@ def test_augmentation_moves_training_images_only(splits):
     assert np.array_equal(evaluation, scale_pixels(splits.val.images).numpy())
 
 
+def test_the_trainer_trains_on_moved_images(splits):
+    """The trainer's own loop applies the augmentation (the same seed, the same clean run otherwise)."""
+    still = dataclasses.replace(RECIPE, epochs=1, augmentation=Augmentation())
+    clean, moved = train(still, splits), train(dataclasses.replace(still, augmentation=STRONG), splits)
+    assert moved.epochs[0].loss != clean.epochs[0].loss and moved.epochs[0].loss > clean.epochs[0].loss
+
+
 def test_validation_during_training_sees_clean_images(splits):
     """The recorded validation accuracy is the model's accuracy on the unmoved validation images."""
     result = train(RECIPE, splits, keep_model=True)

@@ -13,6 +13,7 @@ Methods. Accuracy (single objective), on studies/accuracy.toml's space:
 Accuracy against training seconds (two objectives), on the default study's space:
   ours-default           `python -m sweep run` (default study: dominance pruning)
   ours-default-nodominance   the same study with pruner = "none": the ablation
+  ours-default-epochs    the same study with learn_from_epochs = true: the sampler sees every epoch
   optuna-nsga2, optuna-tpe-mo   hand-written multi-objective Optuna loops (no pruning), as a user writes them
 
 The rules, the same for every method:
@@ -57,7 +58,7 @@ GRACE = 10.0
 # Hypervolume reference: the accuracy a one-epoch 1 x 64 net passes, and the default study's per-trial budget.
 REFERENCE_ACCURACY, REFERENCE_SECONDS = 0.90, 120.0
 ACCURACY_METHODS = ("ours-accuracy", "kerastuner-hyperband", "kerastuner-bayes", "optuna-tpe")
-TRADEOFF_METHODS = ("ours-default", "ours-default-nodominance", "optuna-nsga2", "optuna-tpe-mo")
+TRADEOFF_METHODS = ("ours-default", "ours-default-nodominance", "ours-default-epochs", "optuna-nsga2", "optuna-tpe-mo")
 METHODS = ACCURACY_METHODS + TRADEOFF_METHODS
 
 
@@ -67,11 +68,13 @@ def study_path(method: str, work: Path) -> Path:
 
 
 def write_study(method: str, seed: int, work: Path) -> Path:
-    """The shipped study file, with the cell's seed (and, for the ablation, no pruning)."""
+    """The shipped study file, with the cell's seed (for the ablation, no pruning; for -epochs, learn_from_epochs)."""
     path = study_path(method, work)
     text = re.sub(r"^seed = \d+", f"seed = {seed}", (STUDIES / path.name).read_text(), count=1, flags=re.MULTILINE)
     if method == "ours-default-nodominance":
         text = text.replace('pruner = "dominance"', 'pruner = "none"')
+    if method == "ours-default-epochs":
+        text = text.replace('pruner = "dominance"', 'pruner = "dominance"\nlearn_from_epochs = true')
     path.write_text(text)
     return path
 
@@ -334,6 +337,8 @@ def summary(cells: dict) -> tuple[dict, list[str]]:
         "summary": {
             "hypervolume_ratio_vs_plain_optuna": paired_ratio(cells, "ours-default", ("optuna-nsga2", "optuna-tpe-mo"), "hypervolume"),
             "hypervolume_ratio_vs_no_dominance_pruning": paired_ratio(cells, "ours-default", "ours-default-nodominance", "hypervolume"),
+            # Issue 10, item 3: does showing the sampler every epoch (learn_from_epochs) buy a larger front?
+            "hypervolume_ratio_learn_from_epochs": paired_ratio(cells, "ours-default-epochs", "ours-default", "hypervolume"),
             "test_accuracy_median": {m: (v["test_accuracy"] or {}).get("median") for m, v in per_method.items()},
             "time_to_98_ratio_vs_kerastuner": (paired_ratio(cells, "ours-accuracy", "kerastuner-hyperband", "seconds_to_98", best=min)
                                                if kt_reached else None),

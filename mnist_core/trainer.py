@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from mnist_core.augment import Augmentation
-from mnist_core.data import Splits
+from mnist_core.data import Arrays, Splits
 from mnist_core.model import MLPConfig, build_mlp, param_count
 
 # Wall clock; a module attribute so tests can replace it with a fake one.
@@ -71,6 +71,16 @@ class TrainConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if not isinstance(self.augmentation, Augmentation):
             raise ValueError(f"augmentation must be an Augmentation, got {self.augmentation!r}")
+
+    @property
+    def epochs_are_runs(self) -> bool:
+        """Whether epoch k of this run is the k-epoch run of the same config, so a search may learn from it.
+
+        True at a constant learning rate: each epoch's order, dropout and augmentation depend on the seed and
+        the epoch alone, never on the planned length (up to XLA's rounding, which `use_xla` decides from the
+        length). A schedule laid over the planned steps makes early epochs of a long run unlike a short run.
+        """
+        return self.model.lr_schedule == "constant" and not self.model.warmup_fraction
 
     def steps_per_epoch(self, n_train: int) -> int:
         """Batches in one epoch of `n_train` examples (the last one may be short)."""
@@ -205,9 +215,11 @@ class _Loop:
         self.images, self.labels = tf.constant(data.train.images), tf.constant(data.train.labels, tf.int32)
         self.val_images, self.val_labels = tf.constant(data.val.images), tf.constant(data.val.labels, tf.int32)
         self.sums = [tf.Variable(0.0), tf.Variable(0.0), tf.Variable(0.0)]  # loss x examples, correct, examples
-        self.step = tf.function(self._step, jit_compile=bool(config.model.jit_compile), autograph=False)
-        self.run_batches = tf.function(self._run_batches, autograph=False)
-        self.evaluate = tf.function(self._evaluate, autograph=False)
+        # Each run traces its own functions once. Wrapped in a fresh function each, so TensorFlow does not
+        # count the runs of a sweep as retracing one method and warn about it.
+        traced = lambda method, **options: tf.function(lambda *args: method(*args), autograph=False, **options)  # noqa: E731
+        self.step = traced(self._step, jit_compile=bool(config.model.jit_compile))
+        self.run_batches, self.evaluate = traced(self._run_batches), traced(self._evaluate)
 
     def _step(self, x, y):
         import tensorflow as tf
@@ -357,3 +369,12 @@ def train(
             # the whole heap, which TensorFlow keeps large (bench/results/README.md), so nothing else collects.
             keras.backend.clear_session(free_memory=True)
     return result
+
+
+def warm_up(data: Splits) -> None:
+    """Pay a fresh process's one-off costs (TensorFlow's thread pools, first kernels and traces) on a
+    throwaway run of a tiny net on a few examples, so the run timed next measures what a trial measures
+    in a sweep that is already running: `best` retrains a trial that was timed in a warm process."""
+    few = lambda arrays, n: Arrays(arrays.images[:n], arrays.labels[:n])  # noqa: E731
+    train(TrainConfig(MLPConfig(depth=1, width=8), epochs=1, batch_size=256),
+          Splits(few(data.train, 512), few(data.val, 256), data.source, data.checksum))

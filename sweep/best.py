@@ -14,7 +14,7 @@ from optuna.trial import FrozenTrial
 
 from mnist_core.data import Source, Splits, scale_pixels
 from mnist_core.evaluate import evaluate_test
-from mnist_core.trainer import TrainResult, train
+from mnist_core.trainer import TrainResult, train, warm_up
 from sweep.hypermodel import StudySpec
 from sweep.points import Point, study_points
 from sweep.tracking import PARENT_ATTR, Tracker, config_params, fluent_tracking, manifest
@@ -53,6 +53,7 @@ def retrain(spec: StudySpec, trial: FrozenTrial, splits: Splits, epoch: int) -> 
     config = spec.config_for(optuna.trial.FixedTrial(trial.params), seed=trial.user_attrs["seed"])
     if "jit_compile" in trial.user_attrs:  # the path the trial ran on (XLA or not), not one chosen anew
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, jit_compile=trial.user_attrs["jit_compile"]))
+    warm_up(splits)  # timed like the trial it repeats: the sweep timed it in a warm process
     return train(config, splits, on_epoch=lambda e: f"epoch {epoch} reached" if e.epoch >= epoch else None, keep_model=True, verbose=2)
 
 

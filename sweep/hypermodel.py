@@ -81,7 +81,7 @@ SAMPLERS = ("tpe", "random", "nsga2")
 PRUNERS = ("none", "median", "hyperband", "dominance")  # dominance: ours, for accuracy against seconds (sweep/dominance.py)
 ROLES = ("scientific", "nuisance")
 SCHEMA = {
-    "study": {"name", "description", "objectives", "sampler", "pruner", "pruner_warmup_epochs", "seed", "trials"},
+    "study": {"name", "description", "objectives", "sampler", "pruner", "pruner_warmup_epochs", "learn_from_epochs", "seed", "trials"},
     "budget": {"trial_seconds", "sweep_seconds"},
     "data": {"validation_fraction", "split_seed"},
     "scientific": set(HYPERPARAMETERS),
@@ -120,6 +120,7 @@ class StudySpec:
     sampler: str
     pruner: str
     pruner_warmup_epochs: int
+    learn_from_epochs: bool
     seed: int
     trials: int
     trial_seconds: float
@@ -265,6 +266,12 @@ def load_study(path: str | Path) -> StudySpec:
     if "pruner_warmup_epochs" in study and pruner not in ("median", "hyperband"):
         raise _fail(path, "study.pruner_warmup_epochs", "only the median and hyperband pruners use it; remove it or pick one of them")
 
+    learn_from_epochs = study.get("learn_from_epochs", False)
+    if not isinstance(learn_from_epochs, bool):
+        raise _fail(path, "study.learn_from_epochs", f"must be true or false, got {learn_from_epochs!r}")
+    if learn_from_epochs and (sampler != "tpe" or sorted(objectives) != ["train_seconds", "val_accuracy"]):
+        raise _fail(path, "study.learn_from_epochs", "needs sampler = \"tpe\" and objectives = [\"val_accuracy\", \"train_seconds\"]")
+
     params: list[Param] = []
     fixed: dict[str, Any] = {}
     for role in ROLES:
@@ -275,6 +282,8 @@ def load_study(path: str | Path) -> StudySpec:
     names = [p.name for p in params] + list(fixed)
     for duplicate in {n for n in names if names.count(n) > 1}:
         raise _fail(path, duplicate, "appears more than once across scientific, nuisance and fixed")
+    if learn_from_epochs and not any(p.name == "epochs" and p.choices is None for p in params):
+        raise _fail(path, "study.learn_from_epochs", "needs epochs searched as a range (e.g. epochs = { low = 1, high = 10 })")
 
     spec = StudySpec(
         path=path,
@@ -285,6 +294,7 @@ def load_study(path: str | Path) -> StudySpec:
         pruner=pruner,
         # A cosine-scheduled, augmented run says little about its end in its first epochs.
         pruner_warmup_epochs=_number(path, "study.pruner_warmup_epochs", study.get("pruner_warmup_epochs", 1), int, 1, 10_000),
+        learn_from_epochs=learn_from_epochs,
         seed=_number(path, "study.seed", study.get("seed", 0), int, 0, 2**31 - 1),
         trials=_number(path, "study.trials", study.get("trials", 50), int, 1, 100_000),
         trial_seconds=_number(path, "budget.trial_seconds", budget.get("trial_seconds", 300), float, 1, 7 * 86_400),

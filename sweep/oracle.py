@@ -11,7 +11,7 @@ import json
 import time
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import optuna
 import sqlalchemy.exc
@@ -88,22 +88,28 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
     ones, and a single-process sweep stays reproducible.
     """
 
-    def __init__(self, factory: Callable[[int], optuna.samplers.BaseSampler], seed: int):
-        self._factory, self._seed = factory, seed
+    def __init__(self, factory: Callable[[int], optuna.samplers.BaseSampler], seed: int,
+                 view: Callable[[optuna.Study], Any] | None = None):
+        self._factory, self._seed, self._view = factory, seed, view
         self._sampler = factory(seed)
+        self._seen: tuple[optuna.Study, Any] | None = None  # the study, and what the sampler sees of it this trial
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self._sampler = self._factory(self._seed + trial.number)
+        self._seen = (study, self._view(study)) if self._view else None
         self._sampler.before_trial(study, trial)
 
+    def _sees(self, study: optuna.Study) -> Any:
+        return self._seen[1] if self._seen is not None and self._seen[0] is study else study
+
     def infer_relative_search_space(self, study, trial):
-        return self._sampler.infer_relative_search_space(study, trial)
+        return self._sampler.infer_relative_search_space(self._sees(study), trial)
 
     def sample_relative(self, study, trial, search_space):
-        return self._sampler.sample_relative(study, trial, search_space)
+        return self._sampler.sample_relative(self._sees(study), trial, search_space)
 
     def sample_independent(self, study, trial, param_name, param_distribution):
-        return self._sampler.sample_independent(study, trial, param_name, param_distribution)
+        return self._sampler.sample_independent(self._sees(study), trial, param_name, param_distribution)
 
     def after_trial(self, study, trial, state, values):
         self._sampler.after_trial(study, trial, state, values)
@@ -121,7 +127,12 @@ SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
 
 
 def make_sampler(spec: StudySpec) -> TrialSeededSampler:
-    return TrialSeededSampler(SAMPLERS[spec.sampler], spec.seed)
+    """The study file's sampler, seeded per trial; with `learn_from_epochs` it also sees every epoch as a trial."""
+    if not spec.learn_from_epochs:
+        return TrialSeededSampler(SAMPLERS[spec.sampler], spec.seed)
+    from sweep.curves import CurveView  # sweep.curves reads trials through sweep.points, which needs this module
+
+    return TrialSeededSampler(SAMPLERS[spec.sampler], spec.seed, lambda study: CurveView(study, spec))
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:

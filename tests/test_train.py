@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 
 import keras
@@ -102,6 +103,17 @@ def test_batches_per_execution_change_no_result(splits):
     automatic = train(TrainConfig(SMALL.model, epochs=2, batch_size=32), splits)
     metrics = lambda r: [(e.loss, e.accuracy, e.val_loss, e.val_accuracy, e.examples) for e in r.epochs]  # noqa: E731
     assert metrics(one) == metrics(several) == metrics(automatic)
+
+
+def test_at_a_constant_rate_the_first_epochs_of_a_long_run_are_the_short_run(splits):
+    """What lets the sampler learn from every epoch (sweep/curves.py): epoch k of K is the k-epoch run."""
+    model = dataclasses.replace(SMALL.model, dropout=0.2, jit_compile=False)
+    metrics = lambda r: [(e.loss, e.accuracy, e.val_loss, e.val_accuracy) for e in r.epochs]  # noqa: E731
+    short, long = (train(TrainConfig(model, epochs=n, batch_size=32), splits) for n in (2, 3))
+    assert TrainConfig(model).epochs_are_runs and metrics(long)[:2] == metrics(short)
+    decaying = dataclasses.replace(model, lr_schedule="linear")
+    short, long = (train(TrainConfig(decaying, epochs=n, batch_size=32), splits) for n in (2, 3))
+    assert not TrainConfig(decaying).epochs_are_runs and metrics(long)[:2] != metrics(short)
 
 
 def test_execution_steps_are_about_a_quarter_second_and_at_most_an_epoch():

@@ -1,0 +1,83 @@
+"""What a trial's curve teaches the sampler: its earlier epochs, as the shorter trials they are.
+
+At a constant learning rate, epoch k of a K-epoch trial is exactly the k-epoch run of the same config
+(`TrainConfig.epochs_are_runs`), so a trial that trained K epochs measured K configs, not one. Optuna's
+samplers see one point per trial; with `[study] learn_from_epochs = true` the TPE sampler is shown each
+finished trial's epochs as COMPLETE trials with `epochs = k` and that epoch's objective values (best
+validation accuracy so far, cumulative training seconds). A dominance-pruned trial stopped after epoch j
+thus still teaches j complete configs. Epochs are a fidelity of one run rather than a blind dimension.
+
+The derived trials exist only in the sampler's view of the study (`CurveView`): they are never stored,
+so trial counts, MLflow, `report` and `best` see the real trials alone.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from sweep.hypermodel import StudySpec
+from sweep.oracle import FINISHED
+from sweep.points import curve_of
+
+DERIVED_ATTR = "derived_from_epoch"
+
+
+def epoch_trials(spec: StudySpec, trial: FrozenTrial) -> list[FrozenTrial]:
+    """The shorter trials that `trial`'s full epochs are: none unless its epochs are runs of their own."""
+    epochs = next(p for p in spec.params if p.name == "epochs")
+    if trial.state not in FINISHED or "epochs" not in trial.params:
+        return []
+    if not spec.config_for(optuna.trial.FixedTrial(trial.params), seed=0).epochs_are_runs:
+        return []
+    curve = curve_of(trial)
+    # A complete trial's last epoch is the trial itself; every full epoch of a stopped one is new.
+    last = min(len(curve), trial.params["epochs"] - 1) if trial.state == TrialState.COMPLETE else len(curve)
+    derived, best = [], -math.inf
+    for k, (seconds, accuracy) in enumerate(curve[:last], start=1):
+        best = max(best, accuracy) if math.isfinite(accuracy) else best
+        if k < epochs.low or not math.isfinite(best):
+            continue
+        values = {"val_accuracy": best, "train_seconds": seconds}
+        made = optuna.trial.create_trial(
+            params={**trial.params, "epochs": k}, distributions=trial.distributions,
+            values=[values[o] for o in spec.objectives], user_attrs={DERIVED_ATTR: [trial.number, k]},
+        )
+        made.number = trial.number  # TPE weighs trials by recency (number); an epoch is as recent as its trial
+        derived.append(made)
+    return derived
+
+
+class CurveView:
+    """The study as the sampler sees it: every real trial, plus each finished trial's epochs as trials.
+
+    Everything else is the study's own (directions, storage, the running trial's attributes)."""
+
+    def __init__(self, study: optuna.Study, spec: StudySpec):
+        self._study, self._spec = study, spec
+        self._derived: dict[int, list[FrozenTrial]] = {}  # a finished trial's epochs never change
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _epochs(self, use_cache: bool) -> list[FrozenTrial]:
+        for trial in self._study._get_trials(deepcopy=False, states=FINISHED, use_cache=use_cache):
+            if trial.number not in self._derived:
+                self._derived[trial.number] = epoch_trials(self._spec, trial)
+        return [t for derived in self._derived.values() for t in derived]
+
+    def _get_trials(self, deepcopy: bool = True, states=None, use_cache: bool = False) -> list[FrozenTrial]:
+        trials = self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
+        if states is None or TrialState.COMPLETE in states:
+            trials = trials + self._epochs(use_cache)
+        return trials
+
+    def get_trials(self, deepcopy: bool = True, states=None) -> list[FrozenTrial]:
+        return self._get_trials(deepcopy=deepcopy, states=states)
+
+    @property
+    def trials(self) -> list[FrozenTrial]:
+        return self.get_trials()

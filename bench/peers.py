@@ -20,8 +20,8 @@ The rules, the same for every method:
 - the space comes from the study file (`StudySpec.config_for`), models from `mnist_core` (`build_run`), the
   same split; the peers train with Keras `Model.fit` on the tf.data pipeline (`make_dataset`), as their users
   do; ours with `mnist_core.trainer`, whose own loop (resident tensors, gathered batches) replaced
-  `Model.fit` after the first cells: each cell records its commit, and a comparison mixes the two only
-  where bench/results/peers.md says so;
+  `Model.fit` at commit c1a8f90: each cell records its commit, and bench/results/README.md (section 3)
+  says which ratios mix the two;
 - each method runs in its own process; its clock starts once the data is loaded (ours loads it inside
   `sweep run`, so its clock includes loading: the rules err against us), and the process is killed
   GRACE seconds after its budget if it has not stopped;
@@ -350,7 +350,9 @@ def summary(cells: dict) -> tuple[dict, list[str]]:
     lines = ["# Peers: our search against KerasTuner and plain Optuna, median (range) over seeds", "",
              f"Commit {result['commit']}; {result['minutes_each']} minutes per method and seed on this 2-core CPU VM; "
              f"rules in `bench/peers.py`. Hypervolume reference point: accuracy {REFERENCE_ACCURACY}, {REFERENCE_SECONDS:g} s; "
-             f"no front can exceed the box it spans, {result['reference_point']['box']:.1f}.", "",
+             f"no front can exceed the box it spans, {result['reference_point']['box']:.1f}. Each cell's commit is "
+             "in peers_cells.json: ours trains with mnist_core's own loop from commit c1a8f90 on, the peers with "
+             "`Model.fit` (bench/results/README.md, section 3, has which trainer each cell ran).", "",
              "| method | seeds | test accuracy (winner) | best val accuracy | seconds to 98.0% val | trials | hypervolume |",
              "|---|---|---|---|---|---|---|"]
     for m, v in per_method.items():

@@ -194,9 +194,9 @@ class _Monitor:
 
 
 class _Loop:
-    """The traced functions of one run, on tensors that stay resident: `run(order, first, last)` trains
-    batches [first, last) of an epoch in the order `order`, adding to the epoch's sums; `evaluate` scores
-    the validation set.
+    """The traced functions of one run, on tensors that stay resident: `run_batches(order, first, last, seed)`
+    trains batches [first, last) of an epoch in the order `order`, adding to the epoch's sums; `evaluate`
+    scores the validation set.
 
     A hand-written loop rather than `Model.fit`: it traces in about half the time and spends less per batch
     (bench/results/backends.md), which is most of a small net's run. Batches are gathered from the
@@ -348,7 +348,7 @@ def train(
                 print(f"epoch {epoch}/{config.epochs}: {stats.seconds:.1f} s, loss {loss:.4f}, accuracy {accuracy:.4f}, "
                       f"val_loss {val_loss:.4f}, val_accuracy {val_accuracy:.4f}", flush=True)
             if reason is None and on_epoch is not None:
-                reason = on_epoch(stats)
+                reason = on_epoch(stats) or None  # an empty reason is no reason to stop
             if reason:
                 break
         seconds = clock() - started
@@ -359,7 +359,7 @@ def train(
             epochs=epochs,
             seconds=seconds,
             outcome=outcome,
-            reason=reason or None,
+            reason=reason,
             model=model if keep_model else None,
         )
     finally:  # also when training raises (out of memory): the model goes either way

@@ -160,6 +160,12 @@ def test_hook_can_stop_training(splits):
     assert seen == [1, 2] and result.outcome == "stopped" and result.reason == "pruned at epoch 2"
 
 
+def test_a_hook_that_returns_an_empty_reason_does_not_stop_training(splits):
+    result = train(TrainConfig(SMALL.model, epochs=3, batch_size=32), splits, on_epoch=lambda stats: "")
+    assert result.outcome == "completed" and result.reason is None
+    assert [e.examples for e in result.epochs] == [540] * 3 and not any(e.partial for e in result.epochs)
+
+
 def test_keep_model_returns_the_trained_model(splits):
     from mnist_core.data import make_dataset
 

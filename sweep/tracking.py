@@ -17,6 +17,7 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,15 @@ def _schema_lock(tracking_uri: str):
     with open(tracking_uri.removeprefix("sqlite:///") + ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+def _twice(write: Callable[[], object]) -> None:
+    """MLflow's SQL store looks a shared row (a dataset, an experiment tag) up, then inserts it: workers
+    starting together can all miss it, and the losers' inserts break the unique key. A second try finds it."""
+    try:
+        write()
+    except MlflowException:
+        write()
 
 
 def study_url(tracking_uri: str, study_name: str, server: str) -> str:
@@ -194,7 +204,7 @@ class Tracker:
         }
         tags = {**EXPERIMENT_KIND, VIEW_TAG: json.dumps(view)}
         for key, value in tags.items():
-            self.client.set_experiment_tag(self.experiment_id, key, value)
+            _twice(lambda: self.client.set_experiment_tag(self.experiment_id, key, value))
 
     def start_run(self, name: str, parent_id: str | None = None, tags: dict[str, str] | None = None) -> str:
         all_tags = {MLFLOW_RUN_NAME: name, **(tags or {})}
@@ -238,7 +248,8 @@ class Tracker:
             profile=json.dumps({"train_examples": len(splits.train), "validation_examples": len(splits.val),
                                 "data_checksum_sha256": splits.checksum}),
         )
-        self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])])
+        inputs = [DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])]
+        _twice(lambda: self.client.log_inputs(run_id, datasets=inputs))
 
     def log_dict(self, run_id: str, data: dict[str, Any], name: str) -> None:
         self.client.log_dict(run_id, data, name)

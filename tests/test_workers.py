@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 
 from sweep.hypermodel import load_study
 from sweep.oracle import count_busy, open_storage, open_study, release
+from sweep.tracking import Tracker, default_tracking_uri
 from sweep.workers import HOST, STALE_SECONDS, stale_reason
 
 
@@ -72,6 +73,31 @@ def test_a_worker_that_loses_the_race_for_the_last_slot_gives_its_trial_back(tmp
     assert first.trials[b.number].state == TrialState.WAITING
     assert first.ask().number == b.number  # the released trial is the next one handed out
     first.tell(a, [0.5, 1.0])
+
+
+def test_workers_that_log_the_same_dataset_at_once_both_record_it(tmp_path, splits, monkeypatch):
+    # MLflow looks a dataset up, then inserts it. Replay the race: the second worker's look-up misses the row
+    # the first worker is about to commit, so its insert breaks the unique key (seen failing CI with 4 workers).
+    from mlflow.store.tracking.dbmodels.models import SqlDataset
+    from sqlalchemy.orm import Query
+
+    uri = default_tracking_uri(tmp_path)
+    first, second = (Tracker(uri, "race", tmp_path / "artifacts") for _ in range(2))
+    runs = [tracker.start_run(f"trial {i}") for i, tracker in enumerate((first, second))]
+    first.log_dataset(runs[0], splits)
+    real_all, missed = Query.all, []
+
+    def look_up(query):
+        if not missed and query.column_descriptions[0]["entity"] is SqlDataset:
+            missed.append(query)
+            return []
+        return real_all(query)
+
+    monkeypatch.setattr(Query, "all", look_up)
+    second.log_dataset(runs[1], splits)
+    assert missed
+    recorded = [first.client.get_run(run).inputs.dataset_inputs for run in runs]
+    assert [[d.dataset.digest for d in inputs] for inputs in recorded] == [[splits.checksum[:12]]] * 2
 
 
 def _running(user_attrs: dict) -> optuna.trial.FrozenTrial:

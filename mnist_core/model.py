@@ -115,6 +115,22 @@ class LearningRate(keras.optimizers.schedules.LearningRateSchedule):
 
 
 @keras.saving.register_keras_serializable(package="mnist_core")
+class Dropout(keras.layers.Dropout):
+    """Keras' Dropout with the same masks, drawn by naming TensorFlow's Philox generator instead of letting
+    TensorFlow pick one: compiled by XLA on a CPU, the picked one drew them many times slower, more than
+    a small net's matmuls cost (bench/results/dropout.md)."""
+
+    def call(self, inputs, training=False):
+        if not (training and self.rate > 0) or keras.backend.backend() != "tensorflow":
+            return super().call(inputs, training=training)
+        import tensorflow as tf
+
+        # As Keras' TensorFlow backend turns the layer's seed into an int32 pair.
+        seed = tf.cast(tf.math.floormod(self.seed_generator.next(), tf.int32.max - 1), tf.int32)
+        return tf.nn.experimental.stateless_dropout(inputs, self.rate, noise_shape=self.noise_shape, seed=seed, rng_alg="philox")
+
+
+@keras.saving.register_keras_serializable(package="mnist_core")
 class SmoothedSparseCrossentropy(keras.losses.Loss):
     """Cross-entropy against integer labels smoothed towards uniform (Keras' sparse loss has no smoothing)."""
 
@@ -159,14 +175,14 @@ def build_mlp(config: MLPConfig, total_steps: int | None = None) -> keras.Model:
     """
     layers: list[keras.Layer] = [keras.Input(shape=IMAGE_SHAPE), keras.layers.Flatten()]
     if config.input_dropout:
-        layers.append(keras.layers.Dropout(config.input_dropout))
+        layers.append(Dropout(config.input_dropout))
     for width in config.widths:
         layers.append(keras.layers.Dense(width))
         if config.batch_norm:
             layers.append(keras.layers.BatchNormalization())
         layers.append(keras.layers.Activation(config.activation))
         if config.dropout:
-            layers.append(keras.layers.Dropout(config.dropout))
+            layers.append(Dropout(config.dropout))
     layers.append(keras.layers.Dense(NUM_CLASSES, activation="softmax"))
     model = keras.Sequential(layers, name="mlp")
     model.compile(

@@ -7,6 +7,7 @@ stop request): the result says how and why the run ended, so a sweep can record 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -215,9 +216,10 @@ class _Loop:
         self.images, self.labels = tf.constant(data.train.images), tf.constant(data.train.labels, tf.int32)
         self.val_images, self.val_labels = tf.constant(data.val.images), tf.constant(data.val.labels, tf.int32)
         self.sums = [tf.Variable(0.0), tf.Variable(0.0), tf.Variable(0.0)]  # loss x examples, correct, examples
-        # Each run traces its own functions once. Wrapped in a fresh function each, so TensorFlow does not
-        # count the runs of a sweep as retracing one method and warn about it.
-        traced = lambda method, **options: tf.function(lambda *args: method(*args), autograph=False, **options)  # noqa: E731
+        # Each run traces its own functions once. TensorFlow counts traces per Python code object, so the
+        # runs of a sweep would count as retracing one method and it would warn; a partial has no code
+        # object, so each run's function is counted on its own.
+        traced = lambda method, **options: tf.function(functools.partial(method), autograph=False, **options)  # noqa: E731
         self.step = traced(self._step, jit_compile=bool(config.model.jit_compile))
         self.run_batches, self.evaluate = traced(self._run_batches), traced(self._evaluate)
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from mnist_core.model import MLPConfig, build_mlp, param_count
+from mnist_core.model import Dropout, MLPConfig, build_mlp, param_count
 
 
 @pytest.mark.parametrize(
@@ -33,6 +35,27 @@ def test_seed_model_size():
 
 def test_per_layer_widths_from_a_list_are_hashable():
     assert hash(MLPConfig(depth=2, width=[4, 8])) == hash(MLPConfig(depth=2, width=(4, 8)))
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_dropout_draws_the_masks_keras_draws_on_both_paths(jit_compile):
+    x = tf.ones([64, 300])
+    masks = []
+    for layer in (Dropout(0.3, seed=5), keras.layers.Dropout(0.3, seed=5)):
+        call = tf.function(lambda x, layer=layer: layer(x, training=True), jit_compile=jit_compile)
+        masks.append([call(x).numpy() for _ in range(3)])
+    ours, theirs = masks
+    assert all(np.array_equal(a, b) for a, b in zip(ours, theirs, strict=True))
+    assert not np.array_equal(ours[0], ours[1])  # a new mask each step
+    assert np.array_equal(Dropout(0.3)(x, training=False), x)
+
+
+def test_a_saved_model_with_dropout_loads_and_predicts_alike(tmp_path):
+    model = build_mlp(MLPConfig(depth=1, width=8, dropout=0.2, input_dropout=0.1))
+    model.save(tmp_path / "m.keras")
+    images = np.random.default_rng(0).random((4, 28, 28), dtype=np.float32)
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert np.allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0))
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import logging
 
 import keras
 import pytest
@@ -140,6 +141,20 @@ def test_xla_and_plain_tensorflow_are_each_reproducible(splits):
         first, again = train(config, splits), train(config, splits)
         assert [e.val_accuracy for e in first.epochs] == [e.val_accuracy for e in again.epochs]
         assert [e.loss for e in first.epochs] == [e.loss for e in again.epochs]
+
+
+def test_a_sweep_of_short_runs_in_one_process_is_not_warned_of_retracing(splits):
+    # Each run traces its own functions once; TensorFlow must not count a sweep's runs as one function retraced.
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logging.getLogger("tensorflow").addHandler(handler)
+    try:
+        for jit_compile in (True, False) * 4:
+            train(TrainConfig(MLPConfig(depth=1, width=8, jit_compile=jit_compile), epochs=1, batch_size=256), splits)
+    finally:
+        logging.getLogger("tensorflow").removeHandler(handler)
+    assert not [message for message in seen if "retracing" in message]
 
 
 def test_nan_loss_fails_with_reason(splits):

@@ -11,7 +11,6 @@ Usage: python bench/dropout.py --data-dir ../shared/datasets/mnist
 from __future__ import annotations
 
 import argparse
-import sys
 
 from common import commit, publish  # bench/common.py
 
@@ -56,7 +55,7 @@ def main() -> None:
         rows[name] = {path: measure(splits, net, *how) for path, how in PATHS.items()}
         print(name, rows[name], flush=True)
     command = f"python bench/dropout.py --data-dir {args.data_dir}"
-    result = {"commit": commit(), "command": command, "machine": sys.platform, "nets": {k: list(v) for k, v in NETS.items()}, "rows": rows}
+    result = {"commit": commit(), "command": command, "nets": {k: list(v) for k, v in NETS.items()}, "rows": rows}
     lines = [
         "# Dropout under XLA on a CPU: Keras' layer vs ours (Philox named)", "",
         f"Commit {result['commit']}, `{command}`, 2-core CPU VM, one process, runs side by side. Seconds of the second",

@@ -13,9 +13,43 @@ import keras
 
 from mnist_core.data import IMAGE_SHAPE, NUM_CLASSES
 
+
+class _FusedAdamUpdate:
+    """Adam's update as TensorFlow's one fused kernel per variable (`ResourceApplyAdam`) instead of Keras'
+    dozen element-wise ops: the same formula (Keras' Adam is the epsilon-hat form too), rounded differently in
+    the last bits. Without XLA, a small net's step spent about a quarter of its time on those ops
+    (bench/results/backends.md); under XLA they were fused anyway. AdamW's decay is applied before, by Keras."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        if keras.backend.backend() != "tensorflow" or self.amsgrad:
+            return super().update_step(gradient, variable, learning_rate)
+        import tensorflow as tf
+
+        dtype, ops = variable.dtype, keras.ops
+        index = self._get_variable_index(variable)
+        step = ops.cast(self.iterations + 1, dtype)
+        handle = lambda v: v.handle if hasattr(v, "handle") else v.value.handle  # noqa: E731  a tf.Variable or Keras' wrapper
+        tf.raw_ops.ResourceApplyAdam(
+            var=handle(variable), m=handle(self._momentums[index]), v=handle(self._velocities[index]),
+            beta1_power=ops.power(ops.cast(self.beta_1, dtype), step), beta2_power=ops.power(ops.cast(self.beta_2, dtype), step),
+            lr=ops.cast(learning_rate, dtype), beta1=ops.cast(self.beta_1, dtype), beta2=ops.cast(self.beta_2, dtype),
+            epsilon=ops.cast(self.epsilon, dtype), grad=ops.cast(gradient, dtype),
+        )
+
+
+@keras.saving.register_keras_serializable(package="mnist_core")
+class Adam(_FusedAdamUpdate, keras.optimizers.Adam):
+    """keras.optimizers.Adam, updating through the fused kernel."""
+
+
+@keras.saving.register_keras_serializable(package="mnist_core")
+class AdamW(_FusedAdamUpdate, keras.optimizers.AdamW):
+    """keras.optimizers.AdamW, updating through the fused kernel."""
+
+
 OPTIMIZERS = {
-    "adam": keras.optimizers.Adam,
-    "adamw": keras.optimizers.AdamW,
+    "adam": Adam,
+    "adamw": AdamW,
     "sgd": keras.optimizers.SGD,
     "rmsprop": keras.optimizers.RMSprop,
 }
@@ -161,7 +195,7 @@ def learning_rate(config: MLPConfig, total_steps: int | None) -> float | Learnin
 def _optimizer(config: MLPConfig, total_steps: int | None) -> keras.optimizers.Optimizer:
     kind = OPTIMIZERS[config.optimizer]
     # AdamW insists on a number; the others take None for "no decay".
-    decay = config.weight_decay if kind is keras.optimizers.AdamW else (config.weight_decay or None)
+    decay = config.weight_decay if issubclass(kind, keras.optimizers.AdamW) else (config.weight_decay or None)
     optimizer = kind(learning_rate=learning_rate(config, total_steps), weight_decay=decay)
     if decay:
         optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])

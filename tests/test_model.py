@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mnist_core.model import Dropout, MLPConfig, build_mlp, param_count
+from mnist_core.model import OPTIMIZERS, Dropout, MLPConfig, build_mlp, param_count
 
 
 @pytest.mark.parametrize(
@@ -50,11 +50,29 @@ def test_dropout_draws_the_masks_keras_draws_on_both_paths(jit_compile):
     assert np.array_equal(Dropout(0.3)(x, training=False), x)
 
 
+@pytest.mark.parametrize("name, jit_compile", [("adam", False), ("adamw", False), ("adamw", True)])
+def test_the_fused_adam_update_is_keras_update(name, jit_compile):
+    # The same steps through Keras' optimizer and ours: equal up to float rounding.
+    kind = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW}[name]
+    grads = [tf.constant(np.random.default_rng(i).normal(size=(5, 3)), tf.float32) for i in range(4)]
+    weights = []
+    for optimizer in (kind(learning_rate=0.01), OPTIMIZERS[name](learning_rate=0.01)):
+        variable = tf.Variable(np.ones((5, 3), np.float32))
+        optimizer.build([variable])
+        step = tf.function(lambda g, optimizer=optimizer, variable=variable: optimizer.apply([g], [variable]), jit_compile=jit_compile)
+        for g in grads:
+            step(g)
+        weights.append(variable.numpy())
+    assert not np.allclose(weights[0], 1.0)
+    np.testing.assert_allclose(weights[1], weights[0], rtol=1e-5, atol=1e-7)
+
+
 def test_a_saved_model_with_dropout_loads_and_predicts_alike(tmp_path):
-    model = build_mlp(MLPConfig(depth=1, width=8, dropout=0.2, input_dropout=0.1))
+    model = build_mlp(MLPConfig(depth=1, width=8, dropout=0.2, input_dropout=0.1, optimizer="adamw", weight_decay=1e-3))
     model.save(tmp_path / "m.keras")
     images = np.random.default_rng(0).random((4, 28, 28), dtype=np.float32)
     loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert type(loaded.optimizer) is type(model.optimizer)
     assert np.allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0))
 
 

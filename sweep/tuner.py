@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from mnist_core.data import Splits
 from mnist_core.model import param_count
-from mnist_core.trainer import Budget, EpochStats, TrainConfig, train
+from mnist_core.trainer import Budget, EpochStats, TrainConfig, train, warm_up
 from sweep import costmodel, dominance
 from sweep.hypermodel import StudySpec
 from sweep.oracle import FINISHED, count_busy, count_finished, release, trained
@@ -250,6 +250,9 @@ def run_trials(
     Returns the study's trained trials, and whether this call stopped after `max_trials` of its own
     with work left (the process should be recycled: TensorFlow keeps memory of every model it traced).
     """
+    # A fresh process's first run pays one-off costs (thread pools, first kernels): paid here, untimed, so
+    # every trial is timed warm, the first of each recycled process too, and as `best` times its retrain.
+    warm_up(ctx.splits)
     # Everything alive now (modules, TensorFlow, MLflow, the data) lives as long as the sweep: keep it out
     # of the garbage collector's sight, so each trial's collection walks only what trials create
     # (bench/results/README.md). Collect first: frozen garbage stays.

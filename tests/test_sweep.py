@@ -113,6 +113,15 @@ def test_resume_continues_to_the_requested_total(cli):
     assert sum("mlflow.parentRunId" not in r.data.tags for r in all_runs) == 1
 
 
+def test_every_trial_is_timed_in_a_warm_process(cli, monkeypatch):
+    # The first trial of a fresh process would pay its one-off costs: the sweep pays them first, untimed.
+    calls, real_train = [], tuner.train
+    monkeypatch.setattr(tuner, "warm_up", lambda splits: calls.append(("warm-up", len(splits.train))))
+    monkeypatch.setattr(tuner, "train", lambda *args, **kwargs: calls.append(("trial",)) or real_train(*args, **kwargs))
+    assert cli("run", "--trials", "2")[0] == 0
+    assert calls == [("warm-up", 540), ("trial",), ("trial",)]
+
+
 def test_interrupted_sweep_closes_runs_and_resumes(cli, monkeypatch):
     real_train = tuner.train
     calls = []

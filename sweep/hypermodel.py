@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 
 from mnist_core.augment import Augmentation
-from mnist_core.model import ACTIVATIONS, OPTIMIZERS, SCHEDULES, MLPConfig
+from mnist_core.model import ACTIVATIONS, MAX_CROP, OPTIMIZERS, SCHEDULES, MLPConfig
 from mnist_core.trainer import TrainConfig
 
 
@@ -61,6 +61,7 @@ HYPERPARAMETERS: dict[str, tuple[type, Any, Any]] = {
     "weight_decay": (float, 0.0, 1.0),
     "label_smoothing": (float, 0.0, 0.5),
     "input_dropout": (float, 0.0, 0.9),
+    "input_crop": (int, 0, MAX_CROP),
     # Training-set augmentation (mnist_core.augment.Augmentation)
     "translate": (float, 0.0, 0.5),
     "rotate": (float, 0.0, 180.0),
@@ -69,7 +70,8 @@ HYPERPARAMETERS: dict[str, tuple[type, Any, Any]] = {
     "elastic_sigma": (float, 0.5, 14.0),
 }
 MODEL_KEYS = ("depth", "width", "activation", "dropout", "batch_norm", "optimizer", "learning_rate", "jit_compile",
-              "lr_schedule", "warmup_fraction", "final_lr_fraction", "weight_decay", "label_smoothing", "input_dropout")
+              "lr_schedule", "warmup_fraction", "final_lr_fraction", "weight_decay", "label_smoothing", "input_dropout",
+              "input_crop")
 AUGMENTATION_KEYS = ("translate", "rotate", "scale", "elastic", "elastic_sigma")
 # objective name in study files -> (direction, the trial metric it reads: scored at the best validation epoch)
 OBJECTIVES = {

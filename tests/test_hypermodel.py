@@ -38,9 +38,10 @@ def test_learning_rate_is_searched_on_a_log_scale():
 def test_trial_becomes_config():
     spec = load_study(STUDIES / "tradeoff.toml")
     trial = optuna.trial.FixedTrial({"depth": 2, "width": 64, "epochs": 3, "learning_rate": 0.01, "batch_size": 128, "dropout": 0.1,
-                                     "lr_schedule": "linear"})
+                                     "lr_schedule": "linear", "input_crop": 2})
     config = spec.config_for(trial, seed=7)
     assert config.model.widths == (64, 64) and config.model.dropout == 0.1 and config.model.optimizer == "adam"
+    assert config.model.input_crop == 2
     assert config.model.lr_schedule == "linear" and config.model.final_lr_fraction == 0.0
     assert (config.epochs, config.batch_size, config.seed) == (3, 128, 7)
 
@@ -79,6 +80,7 @@ depth = { low = 1, high = 3 }
         ('[fixed]\nweight_decay = "0.01"\n', "fixed.weight_decay", "expected float"),
         ("[fixed]\nlabel_smoothing = 0.7\n", "fixed.label_smoothing", "sane range"),
         ("[fixed]\ninput_dropout = 1.0\n", "fixed.input_dropout", "sane range"),
+        ("[nuisance]\ninput_crop = { choices = [0, 6] }\n", "nuisance.input_crop", "sane range"),
         ("[fixed]\ntranslate = 0.8\n", "fixed.translate", "sane range"),
         ("[nuisance]\nrotate = { low = -5.0, high = 10.0 }\n", "nuisance.rotate.low", "sane range"),
         ("[fixed]\nelastic = true\n", "fixed.elastic", "expected float"),

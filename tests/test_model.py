@@ -16,6 +16,7 @@ from mnist_core.model import OPTIMIZERS, Dropout, MLPConfig, build_mlp, param_co
         MLPConfig(depth=1, width=16),
         MLPConfig(depth=3, width=[32, 16, 8], dropout=0.2),
         MLPConfig(depth=2, width=24, batch_norm=True, activation="gelu", optimizer="sgd"),
+        MLPConfig(depth=2, width=12, input_crop=2),
     ],
 )
 def test_shapes_and_parameter_counts(config):
@@ -26,6 +27,20 @@ def test_shapes_and_parameter_counts(config):
     probs = model.predict(np.zeros((4, 28, 28), np.float32), verbose=0)
     assert probs.shape == (4, 10)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_a_cropped_model_sees_only_the_inner_pixels():
+    model = build_mlp(MLPConfig(depth=1, width=8, input_crop=3))
+    first = next(layer for layer in model.layers if layer.__class__.__name__ == "Dense")
+    assert first.kernel.shape == (22 * 22, 8)
+    images = np.random.default_rng(0).random((4, 28, 28), np.float32)
+    border = images.copy()
+    border[:, :3], border[:, -3:], border[:, :, :3], border[:, :, -3:] = 1.0, 0.0, 1.0, 0.5
+    inner = images.copy()
+    inner[:, 10, 10] += 1.0
+    predict = lambda x: model.predict(x, verbose=0)  # noqa: E731
+    np.testing.assert_array_equal(predict(border), predict(images))
+    assert not np.allclose(predict(inner), predict(images))
 
 
 def test_seed_model_size():
@@ -88,6 +103,8 @@ def test_a_saved_model_with_dropout_loads_and_predicts_alike(tmp_path):
         ({"optimizer": "lbfgs"}, "optimizer"),
         ({"learning_rate": float("nan")}, "learning_rate"),
         ({"learning_rate": -1.0}, "learning_rate"),
+        ({"input_crop": 5}, "input_crop"),
+        ({"input_crop": True}, "input_crop"),
     ],
 )
 def test_bad_configs_are_rejected(kwargs, message):

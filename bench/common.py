@@ -5,10 +5,15 @@ Benches run as scripts from the project root (`python bench/NAME.py`), so this f
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mnist_core.data import Splits
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -19,6 +24,20 @@ if str(ROOT) not in sys.path:
 def commit() -> str:
     """The short commit being measured."""
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
+def warm_splits(description: str) -> tuple[str, Splits]:
+    """A per-epoch bench's command line (`--data-dir`, real MNIST): the directory and its splits, the process
+    warmed up first as a sweep's is, so every run it times is timed warm."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data-dir", required=True)
+    data_dir = parser.parse_args().data_dir
+    from mnist_core.data import load_splits, resolve_source
+    from mnist_core.trainer import warm_up
+
+    splits = load_splits(resolve_source(data_dir))
+    warm_up(splits)
+    return data_dir, splits
 
 
 def publish(name: str, result: dict, lines: list[str]) -> None:

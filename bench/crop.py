@@ -11,10 +11,9 @@ Usage: python bench/crop.py --data-dir ../shared/datasets/mnist
 
 from __future__ import annotations
 
-import argparse
 import statistics
 
-from common import commit, publish  # bench/common.py
+from common import commit, publish, warm_splits  # bench/common.py
 
 NETS = {"1x32": (1, 32), "1x208": (1, 208), "1x417": (1, 417), "1x1024": (1, 1024), "2x512": (2, 512)}  # depth, width
 CROPS = (0, 2, 4)
@@ -32,19 +31,12 @@ def measure(splits, depth: int, width: int, crop: int, xla: bool) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", required=True)
-    args = parser.parse_args()
-    from mnist_core.data import load_splits, resolve_source
-    from mnist_core.trainer import warm_up
-
-    splits = load_splits(resolve_source(args.data_dir))
-    warm_up(splits)
+    data_dir, splits = warm_splits(__doc__.splitlines()[0])
     rows = {}
     for name, (depth, width) in NETS.items():
         rows[name] = {f"crop{crop}_{'xla' if xla else 'plain'}": measure(splits, depth, width, crop, xla) for crop in CROPS for xla in (False, True)}
         print(name, rows[name], flush=True)
-    command = f"python bench/crop.py --data-dir {args.data_dir}"
+    command = f"python bench/crop.py --data-dir {data_dir}"
     result = {"commit": commit(), "command": command, "batch_size": BATCH, "epochs": EPOCHS, "crops": list(CROPS), "rows": rows}
     lines = [
         "# Cropping the border pixels: steady epoch seconds, without / with XLA, and accuracy", "",

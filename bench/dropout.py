@@ -10,9 +10,8 @@ Usage: python bench/dropout.py --data-dir ../shared/datasets/mnist
 
 from __future__ import annotations
 
-import argparse
 
-from common import commit, publish  # bench/common.py
+from common import commit, publish, warm_splits  # bench/common.py
 
 NETS = {  # depth, width, dropout, input dropout, batch
     "1x417": (1, 417, 0.18, 0.0, 128),
@@ -42,19 +41,12 @@ def measure(splits, net: tuple, xla: bool, layer: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", required=True)
-    args = parser.parse_args()
-    from mnist_core.data import load_splits, resolve_source
-    from mnist_core.trainer import warm_up
-
-    splits = load_splits(resolve_source(args.data_dir))
-    warm_up(splits)
+    data_dir, splits = warm_splits(__doc__.splitlines()[0])
     rows = {}
     for name, net in NETS.items():
         rows[name] = {path: measure(splits, net, *how) for path, how in PATHS.items()}
         print(name, rows[name], flush=True)
-    command = f"python bench/dropout.py --data-dir {args.data_dir}"
+    command = f"python bench/dropout.py --data-dir {data_dir}"
     result = {"commit": commit(), "command": command, "nets": {k: list(v) for k, v in NETS.items()}, "rows": rows}
     lines = [
         "# Dropout under XLA on a CPU: Keras' layer vs ours (Philox named)", "",

@@ -115,7 +115,6 @@ class MLPConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= high:
                 raise ValueError(f"{name} must be a number in [0, {high:g}], got {value!r}")
-
         if isinstance(self.input_crop, bool) or not isinstance(self.input_crop, int) or not 0 <= self.input_crop <= MAX_CROP:
             raise ValueError(f"input_crop must be an integer in [0, {MAX_CROP}], got {self.input_crop!r}")
 

@@ -10,7 +10,6 @@ Usage: python bench/dropout.py --data-dir ../shared/datasets/mnist
 
 from __future__ import annotations
 
-
 from common import commit, publish, warm_splits  # bench/common.py
 
 NETS = {  # depth, width, dropout, input dropout, batch

@@ -4,12 +4,13 @@ One cell per invocation (each can take an hour; results are merged into bench/re
   seed   the seed model (5 x 2000, 10 epochs) through bench/seed.py's path: the time to beat
   top    `python -m sweep run --study accuracy --timeout T`, then `python -m sweep best`
   plain  the same study with augmentation off (a derived study file), then `best`
-  fast   the default study (`--timeout T`), then `best --max-train-seconds (seed seconds / 200)`, FAST_RETRAINS
-         times: the median retrain time and test accuracy
+  fast   the default study (`--timeout T`), then `best --max-train-seconds (FAST_HEADROOM x seed seconds / 200)`,
+         FAST_RETRAINS times: the median retrain time and test accuracy
   chart  bench/results/frontier.{json,md,png} from the cells run so far
 
-Usage: python bench/frontier.py CELL --data-dir ../shared/datasets/mnist [--timeout SECONDS]
-Each sweep keeps its store in bench/stores/frontier-CELL (git-ignored); rerunning a cell starts it afresh.
+Usage: python bench/frontier.py CELL --data-dir ../shared/datasets/mnist [--timeout SECONDS] [--reuse-sweep]
+Each sweep keeps its store in bench/stores/frontier-CELL (git-ignored); rerunning a cell starts it afresh, or
+with --reuse-sweep runs only its `best` step again on the sweep the cell's last run left there.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ ANCHORS = [
 # The fast end's winner is retrained this many times and its median training time reported: a 2-second
 # run on a shared 2-core machine varies by a fifth from one retrain to the next (bench/results/README.md).
 FAST_RETRAINS = 3
+# ... and `best` is asked for a point the sweep timed within this fraction of the limit: what counts is the
+# retrain's time, and the sweep's most accurate point within the whole limit retrains over it about half the time.
+FAST_HEADROOM = 0.8
 # Enough that the time budget (--timeout), not the study's trial count, ends every sweep.
 TRIALS = 10_000
 AUGMENTATION_OFF = {"translate": 0.0, "rotate": 0.0, "scale": 0.0, "elastic": 0.0}
@@ -74,23 +78,29 @@ def best_run(store: Path, study: str) -> dict:
 
 
 def run_study(cell: str, study: Path, args: argparse.Namespace, *best_args: str, retrains: int = 1) -> dict:
-    """A fresh sweep of `study` within `--timeout`, then `best` `retrains` times: the commands and the winner,
-    with the median of the retrains' figures (each retrain's are kept too)."""
+    """A fresh sweep of `study` within `--timeout` (or, with `--reuse-sweep`, the cell's last one), then `best`
+    `retrains` times: the commands and the winner, with the median of the retrains' figures (each retrain's are kept too)."""
     store = STORES / f"frontier-{cell}"
-    shutil.rmtree(store, ignore_errors=True)
     common = ["--study", str(study), "--store", str(store), "--data-dir", args.data_dir]
-    started = time.time()
-    sweep("run", *common, "--timeout", f"{args.timeout:g}", "--trials", str(TRIALS))
-    sweep_seconds = time.time() - started
+    if args.reuse_sweep:
+        previous = json.loads(CELLS.read_text()).get(cell, {}) if CELLS.exists() else {}
+        if not store.exists() or "sweep_seconds" not in previous:
+            raise SystemExit(f"--reuse-sweep: no earlier sweep of the {cell} cell in {store}; run the cell without it first")
+        sweep_command, sweep_seconds, swept = previous["commands"][0], previous["sweep_seconds"], previous["swept"]
+    else:
+        shutil.rmtree(store, ignore_errors=True)
+        sweep_command = f"python -m sweep run --study {study.relative_to(ROOT)} --timeout {args.timeout:g} --trials {TRIALS}"
+        started, swept = time.time(), {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "commit": commit()}
+        sweep("run", *common, "--timeout", f"{args.timeout:g}", "--trials", str(TRIALS))
+        sweep_seconds = time.time() - started
     name, runs = load_study(study).name, []
     for _ in range(retrains):
         output = sweep("best", *common, *best_args)
         runs.append(best_run(store, name))
     epoch = re.search(r"retraining trial \d+ .* for (\d+) of its", output)
     median = {key: statistics.median(run[key] for run in runs) for key in ("test_accuracy", "test_loss", "train_seconds", "val_accuracy")}
-    return {"commands": [f"python -m sweep run --study {study.relative_to(ROOT)} --timeout {args.timeout:g} --trials {TRIALS}",
-                         " ".join(["python -m sweep best", "--study", str(study.relative_to(ROOT)), *best_args])],
-            "sweep_seconds": sweep_seconds, "best_epoch": int(epoch.group(1)) if epoch else None, **runs[-1], **median,
+    return {"commands": [sweep_command, " ".join(["python -m sweep best", "--study", str(study.relative_to(ROOT)), *best_args])],
+            "sweep_seconds": sweep_seconds, "swept": swept, "best_epoch": int(epoch.group(1)) if epoch else None, **runs[-1], **median,
             "retrains": [{key: run[key] for key in median} for run in runs]}
 
 
@@ -125,8 +135,9 @@ def cell_fast(args: argparse.Namespace) -> dict:
     if "seed" not in cells:
         raise SystemExit("run the seed cell first: the fast end's limit is the seed model's time / 200, measured the same day")
     limit = cells["seed"]["train_seconds"] / SPEEDUP
-    return {"max_train_seconds": limit,
-            **run_study("fast", STUDIES / "tradeoff.toml", args, "--max-train-seconds", f"{limit:.2f}", retrains=FAST_RETRAINS)}
+    asked = FAST_HEADROOM * limit
+    return {"limit_seconds": limit, "max_train_seconds": asked,
+            **run_study("fast", STUDIES / "tradeoff.toml", args, "--max-train-seconds", f"{asked:.2f}", retrains=FAST_RETRAINS)}
 
 
 def chart(cells: dict) -> dict:
@@ -195,11 +206,15 @@ def report(result: dict) -> list[str]:
         f"| fast end test accuracy | {pct(result['fast_end_test_accuracy'])} | >= 97.72% |",
         f"| fast end training seconds (retrained) | {number(result['fast_end_train_seconds'], ' s')} | <= seed / {SPEEDUP} |",
         f"| fast end speedup | {number(result['fast_end_speedup'], 'x')} | >= {SPEEDUP}x |", "",
+        f"The fast end's `best` is asked for {FAST_HEADROOM:.0%} of the limit (seed / {SPEEDUP}): what counts is the retrain.", "",
         f"Top recipe: `{json.dumps(result['top_recipe'])}`", "",
         "![frontier](frontier.png)", "", "## Commands", "",
     ]
     for name, cell in result["cells"].items():
-        lines += [f"- {name} ({cell['date']}, commit {cell['commit']}, `{cell['invocation']}`): " + "; ".join(f"`{c}`" for c in cell["commands"])]
+        swept = cell.get("swept")
+        sweep_note = f", on the sweep of {swept['date']} at commit {swept['commit']}" if "--reuse-sweep" in cell["invocation"] else ""
+        lines += [f"- {name} ({cell['date']}, commit {cell['commit']}{sweep_note}, `{cell['invocation']}`): "
+                  + "; ".join(f"`{c}`" for c in cell["commands"])]
     return lines
 
 
@@ -208,6 +223,7 @@ def main() -> None:
     parser.add_argument("cell", choices=["seed", "top", "plain", "fast", "chart"])
     parser.add_argument("--data-dir", default="../shared/datasets/mnist")
     parser.add_argument("--timeout", type=float, default=3600.0, help="sweep budget of top/plain/fast, seconds")
+    parser.add_argument("--reuse-sweep", action="store_true", help="top/plain/fast: run `best` again on the cell's last sweep")
     args = parser.parse_args()
     cells = json.loads(CELLS.read_text()) if CELLS.exists() else {}
     if args.cell != "chart":

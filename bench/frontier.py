@@ -109,7 +109,7 @@ def run_study(cell: str, study: Path, args: argparse.Namespace, *best_args: str,
 
 
 def plain_study() -> Path:
-    """studies/accuracy.toml with augmentation off: the same search, on the digits as they are."""
+    """studies/accuracy.toml with augmentation off and PLAIN_EPOCHS epochs: the same search, on the digits as they are."""
     text = (STUDIES / "accuracy.toml").read_text()
     text = re.sub(r"^epochs = \d+", f"epochs = {PLAIN_EPOCHS}", text, flags=re.MULTILINE)
     text = re.sub(r"^elastic = \{.*$", "", text, flags=re.MULTILINE)

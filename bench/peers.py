@@ -318,14 +318,20 @@ def reference_check(cells: dict) -> dict:
     if not seeds:
         return {}
     best = max(a for method in cells.values() for c in method.values() for _, seconds, a in c["curve"] if seconds <= REFERENCE_SECONDS)
-    theirs = lambda s, ref: max(curve_hypervolume(cells[m][s]["curve"], ref) for m in plain if s in cells[m])  # noqa: E731
-    ratio = lambda ref: statistics.median(curve_hypervolume(cells["ours-default"][s]["curve"], ref) / theirs(s, ref)  # noqa: E731
-                                          for s in seeds)
+    def theirs(seed: str, ref: float, methods: list[str] = plain) -> float:
+        return max(curve_hypervolume(cells[m][seed]["curve"], ref) for m in methods if seed in cells[m])
+
+    def ratios(methods: list[str]) -> dict[str, float]:
+        return {str(ref): statistics.median(curve_hypervolume(cells["ours-default"][s]["curve"], ref) / theirs(s, ref, methods)
+                                            for s in seeds if any(s in cells[m] for m in methods))
+                for ref in SENSITIVITY_ACCURACIES}
+
     return {
         "best_val_accuracy_within_reference_seconds": best,
         "hypervolume_ratio_ceiling_vs_plain_optuna": statistics.median(
             (best - REFERENCE_ACCURACY) * REFERENCE_SECONDS / theirs(s, REFERENCE_ACCURACY) for s in seeds),
-        "hypervolume_ratio_vs_plain_optuna_by_reference_accuracy": {str(ref): ratio(ref) for ref in SENSITIVITY_ACCURACIES},
+        "hypervolume_ratio_vs_plain_optuna_by_reference_accuracy": ratios(plain),
+        "hypervolume_ratio_vs_each_plain_loop_by_reference_accuracy": {m: ratios([m]) for m in plain},
     }
 
 

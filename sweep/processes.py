@@ -43,6 +43,17 @@ def check_stop() -> None:
         raise KeyboardInterrupt
 
 
+def as_interrupt(exc: BaseException) -> BaseException:
+    """The exception to act on: once Ctrl-C or SIGTERM has set `STOP`, whatever was raised is that interrupt.
+    A signal that lands inside C code can surface as another exception (a SystemError from CPython's list
+    code was seen in CI), which must not read as the trial's own failure."""
+    if STOP.is_set() and not isinstance(exc, KeyboardInterrupt):
+        interrupt = KeyboardInterrupt()
+        interrupt.__cause__ = exc
+        return interrupt
+    return exc
+
+
 def alive(pid: int, group: bool = False) -> bool:
     """Whether process `pid` (with `group`: any member of process group `pid`) still exists."""
     try:

@@ -27,7 +27,7 @@ from sweep import costmodel, dominance
 from sweep.hypermodel import StudySpec
 from sweep.oracle import FINISHED, count_busy, count_finished, release, trained
 from sweep.points import CURVE_ATTR, curve_of, front, trial_points
-from sweep.processes import check_stop
+from sweep.processes import as_interrupt, check_stop
 from sweep.report import progress, write_report
 from sweep.tracking import PARENT_ATTR, Tracker, config_params, manifest, summary_metrics
 from sweep.workers import Heartbeat, own, recover
@@ -103,8 +103,8 @@ def run_trial(study: optuna.Study, ctx: SweepContext, trial: optuna.Trial) -> Fr
             _describe_run(ctx, trial, config, run_id)
             outcome = _train(ctx, trial, config, seconds, run_id)
     except BaseException as exc:  # Ctrl-C, SIGTERM, a tracking or storage error
-        error = exc
-        outcome = Outcome(TrialState.FAIL, "interrupted" if isinstance(exc, KeyboardInterrupt) else _reason(exc))
+        error = as_interrupt(exc)
+        outcome = Outcome(TrialState.FAIL, "interrupted" if isinstance(error, KeyboardInterrupt) else _reason(error))
     try:
         _close(ctx, trial, run_id, outcome)
     except BaseException as exc:
@@ -179,7 +179,9 @@ def _train(ctx: SweepContext, trial: optuna.Trial, config: TrainConfig, seconds:
     try:
         with Heartbeat(trial):
             result = train(config, ctx.splits, Budget(seconds), on_epoch=on_epoch)
-    except Exception as exc:  # out of memory and other failures inside one trial
+    except Exception as exc:  # out of memory and other failures inside one trial, unless a signal caused it
+        if isinstance(interrupt := as_interrupt(exc), KeyboardInterrupt):
+            raise interrupt
         return Outcome(TrialState.FAIL, _reason(exc), {"param_count": param_count(config.model)})
     trial.set_user_attr("jit_compile", result.config.model.jit_compile)  # as decided for this run: `best` repeats it
     ctx.tracker.set_tags(run_id, {"jit_compile": result.config.model.jit_compile})

@@ -148,6 +148,27 @@ def test_interrupted_sweep_closes_runs_and_resumes(cli, monkeypatch):
     assert not [r for r in all_runs if r.info.status == "RUNNING"]
 
 
+def test_a_signal_that_surfaces_as_another_exception_still_interrupts(cli, monkeypatch):
+    # SIGTERM landing inside C code once surfaced as "SystemError: Objects/listobject.c:338: bad argument to
+    # internal function" (CI): the handler had set STOP, so the trial is interrupted, not failed on its own.
+    from sweep import processes
+
+    def signalled_inside_c_code(*args, **kwargs):
+        processes.STOP.set()
+        raise SystemError("Objects/listobject.c:338: bad argument to internal function")
+
+    monkeypatch.setattr(tuner, "train", signalled_inside_c_code)
+    try:
+        code, _, err = cli("run", "--trials", "2")
+    finally:
+        processes.STOP.clear()
+    assert code == 130 and "run the same command again to resume" in err
+    (trial,) = load(cli.store).trials
+    assert trial.state == TrialState.FAIL and trial.user_attrs["reason"] == "interrupted"
+    _, all_runs = runs(cli.store)
+    assert {r.data.tags["mlflow.runName"]: r.info.status for r in all_runs} == {"sweep-tiny": "KILLED", "trial-0": "FAILED"}
+
+
 def test_changed_search_space_is_refused_before_any_trial(cli, study_file):
     assert cli("run", "--trials", "1")[0] == 0
     study_file.write_text(TINY.replace("high = 32", "high = 64"))

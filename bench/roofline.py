@@ -67,7 +67,7 @@ def _product_seconds(shape_a: tuple[int, int], shape_b: tuple[int, int], transpo
     import tensorflow as tf
 
     m, k = shape_a[::-1] if transpose_a else shape_a
-    copies = _copies(2 * m * k * shape_b[transpose_b] / flops)
+    copies = _copies(2 * m * k * shape_b[0 if transpose_b else 1] / flops)
     lefts, right = tf.random.uniform((copies, *shape_a)), tf.random.uniform(shape_b)
 
     def products(lefts, right):

@@ -247,7 +247,6 @@ def cell(method: str, seed: int, minutes: float, data_dir: str) -> dict:
     """Run one method x seed under the rules above and measure it."""
     import shutil
 
-
     work = WORK / f"{method}-seed{seed}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -318,6 +317,7 @@ def reference_check(cells: dict) -> dict:
     if not seeds:
         return {}
     best = max(a for method in cells.values() for c in method.values() for _, seconds, a in c["curve"] if seconds <= REFERENCE_SECONDS)
+
     def theirs(seed: str, ref: float, methods: list[str] = plain) -> float:
         return max(curve_hypervolume(cells[m][seed]["curve"], ref) for m in methods if seed in cells[m])
 

@@ -105,12 +105,14 @@ def _adam_seconds(shapes: list[tuple[int, ...]], dispatch: dict[bool, float]) ->
 def ceiling(depth: int, width: int, batch: int, flops: float, dispatch: dict[bool, float]) -> dict:
     """The fastest epoch of a depth x width net at this batch from its pieces, and the fraction of the FLOP
     bound it would reach."""
-    from mnist_core.data import IMAGE_SHAPE, NUM_CLASSES
+    from mnist_core.data import NUM_CLASSES
+    from mnist_core.model import MLPConfig, param_count
     from mnist_core.trainer import _Loop
 
-    dims = [math.prod(IMAGE_SHAPE)] + [width] * depth + [NUM_CLASSES]
+    config = MLPConfig(depth=depth, width=width)
+    dims = [config.inputs, *config.widths, NUM_CLASSES]
     layers = list(zip(dims[:-1], dims[1:]))
-    params = sum(i * o + o for i, o in layers)
+    params = param_count(config)
     product = lambda a, b, ta=False, tb=False: _product_seconds(a, b, ta, tb, flops, dispatch)  # noqa: E731
     forward = backward = validation = 0.0
     for index, (inputs, outputs) in enumerate(layers):

@@ -90,13 +90,19 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Budget:
-    """Wall-clock seconds one training run may take (None: no limit)."""
+    """Wall-clock seconds one training run may take (None: no limit), and the epochs it must be able to
+    finish within them to be worth running (None: all planned). A run projected to miss those epochs is
+    stopped early; one that will reach them runs until the deadline cuts it, keeping its finished epochs."""
 
     seconds: float | None = None
+    min_epochs: int | None = None
 
     def __post_init__(self) -> None:
         if self.seconds is not None and not (math.isfinite(self.seconds) and self.seconds > 0):
             raise ValueError(f"budget seconds must be a positive number, got {self.seconds!r}")
+        if self.min_epochs is not None and (isinstance(self.min_epochs, bool) or not isinstance(self.min_epochs, int)
+                                            or self.min_epochs < 1):
+            raise ValueError(f"budget min_epochs must be an integer >= 1, got {self.min_epochs!r}")
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,7 @@ class TrainResult:
     outcome: Outcome
     reason: str | None
     model: keras.Model | None = None
+    step_seconds: float | None = None  # measured seconds per batch after the first execution (tracing), if timed
 
     @property
     def best_epoch(self) -> EpochStats | None:
@@ -164,13 +171,21 @@ class TrainResult:
 
 
 class _Monitor:
-    """Deadline, over-budget projection and NaN guard, checked after every execution (one or more batches)."""
+    """Deadline, over-budget projection and NaN guard, checked after every execution (one or more batches).
 
-    def __init__(self, budget: Budget, total_steps: int):
-        self.budget, self.total_steps = budget, total_steps
+    The projection asks only whether the budget's `min_epochs` can finish in time: epochs past them are a
+    bonus the deadline may cut, not a reason to stop a run that will deliver what it was started for.
+    """
+
+    def __init__(self, budget: Budget, steps_per_epoch: int, epochs: int):
+        self.budget = budget
+        self.total_steps = steps_per_epoch * epochs
+        self.needed_epochs = min(budget.min_epochs or epochs, epochs)
+        self.needed_steps = steps_per_epoch * self.needed_epochs
         self.steps = 0
         self.deadline = math.inf if budget.seconds is None else clock() + budget.seconds
         self.timing_start: tuple[float, int] | None = None
+        self.step_seconds: float | None = None
 
     def after_execution(self, steps: int, loss_sum: float) -> str | None:
         """Why the run must stop after `steps` more batches whose epoch's loss sums to `loss_sum`, if it must."""
@@ -184,13 +199,16 @@ class _Monitor:
             self.timing_start = (now, self.steps)
             return None
         start, start_steps = self.timing_start
-        if self.deadline < math.inf and self.steps - start_steps >= PROJECTION_BATCHES:
-            per_step = (now - start) / (self.steps - start_steps)
-            projected = self.budget.seconds - (self.deadline - now) + per_step * (self.total_steps - self.steps)
-            # Projected past its budget, the run cannot finish: stop it now rather than let it spend
-            # the whole budget and be cut at the deadline.
+        if self.steps - start_steps < PROJECTION_BATCHES:
+            return None
+        self.step_seconds = (now - start) / (self.steps - start_steps)
+        if self.deadline < math.inf and self.steps < self.needed_steps:
+            projected = self.budget.seconds - (self.deadline - now) + self.step_seconds * (self.needed_steps - self.steps)
+            # Projected past its budget, the run cannot deliver its needed epochs: stop it now rather than
+            # let it spend the whole budget and be cut at the deadline.
             if projected > self.budget.seconds:
-                return f"over_budget: projected {projected:.0f} s > budget {self.budget.seconds:g} s"
+                return (f"over_budget: projected {projected:.3g} s > budget {self.budget.seconds:g} s "
+                        f"for {self.needed_epochs} epoch(s)")
         return None
 
 
@@ -331,7 +349,7 @@ def train(
     epochs: list[EpochStats] = []
     reason: str | None = None
     started = clock()
-    monitor = _Monitor(budget, steps_per_epoch * config.epochs)
+    monitor = _Monitor(budget, steps_per_epoch, config.epochs)
     try:
         for epoch in range(1, config.epochs + 1):
             epoch_start, order = clock(), epoch_order(config.seed, epoch, n_train)
@@ -363,6 +381,7 @@ def train(
             outcome=outcome,
             reason=reason,
             model=model if keep_model else None,
+            step_seconds=monitor.step_seconds,
         )
     finally:  # also when training raises (out of memory): the model goes either way
         del model, loop

@@ -152,7 +152,7 @@ def _sweep_worker(args: argparse.Namespace, trials: int, deadline: float | None,
     tracker = _tracker(args, study)
     context = SweepContext(spec, _load_data(args, spec)[1], tracker, parent_run(study, tracker, spec), deadline, _report_dir(args))
     write = lambda line: print(f"[worker {worker}] {line}", flush=True)  # noqa: E731
-    return run_trials(study, context, trials, write=write, progress=False, max_trials=args.recycle_every or None)[1]
+    return run_trials(study, context, trials, write=write, progress=False, max_trials=args.recycle_every or None).recycle
 
 
 class Run(Command):
@@ -184,33 +184,33 @@ class Run(Command):
         spec, study = _open(args, create=True)
         trials = args.trials or spec.trials
         timeout = args.timeout or spec.sweep_seconds
-        deadline = time.time() + timeout if timeout else None
+        deadline = tuner.clock() + timeout if timeout else None
         if DEADLINE_ENV in os.environ:  # this process is a recycled one: the sweep's deadline stands
             deadline = float(os.environ.pop(DEADLINE_ENV)) or None
         _, splits = _load_data(args, spec)  # missing or bad data fails here, before any run is opened
         tracker = _tracker(args, study)
         parent = tuner.parent_run(study, tracker, spec)
-        done = oracle.count_finished(study)
-        print(f"study {study.study_name!r}: {done}/{trials} trials trained, per-trial budget {spec.trial_seconds:g} s"
-              + (f", sweep budget {timeout:g} s" if timeout else ""), flush=True)
+        recounted = oracle.recount(study)
+        if recounted:
+            print(recounted, flush=True)
+        print(f"study {study.study_name!r}: {oracle.count_finished(study)}/{trials} trials trained, per-trial budget "
+              f"{spec.trial_seconds:g} s" + (f", sweep budget {timeout:g} s" if timeout else ""), flush=True)
         status = "FAILED"
         try:
             if args.workers == 1:
                 context = tuner.SweepContext(spec, splits, tracker, parent, deadline, _report_dir(args))
-                while True:
-                    done, recycle = tuner.run_trials(study, context, trials, max_trials=args.recycle_every or None)
-                    if not recycle:
-                        break
+                while (ended := tuner.run_trials(study, context, trials, max_trials=args.recycle_every or None)).recycle:
                     if args.restartable:  # the parent run stays RUNNING: the fresh process resumes it
                         print(f"{args.recycle_every} trials run: starting a fresh process to release their memory", flush=True)
                         restart({DEADLINE_ENV: repr(deadline or 0.0)})
+                why = ended.reason
             else:
                 del splits  # each worker process loads its own copy
                 workers.supervise(
                     functools.partial(_sweep_worker, args, trials, deadline), args.workers, bound=trials,
-                    work_left=lambda: oracle.count_finished(study) < trials and (deadline is None or time.time() < deadline),
+                    work_left=lambda: oracle.count_finished(study) < trials and (deadline is None or tuner.clock() < deadline),
                 )
-                done = oracle.count_finished(study)
+                why = f"the study has its {trials} trained trials" if oracle.count_finished(study) >= trials else "see the workers' lines above"
             status = "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
@@ -218,7 +218,7 @@ class Run(Command):
             raise
         finally:
             tracker.end_run(parent, status)
-        print(f"{done}/{trials} trials trained. See `python -m sweep report` and `python -m sweep ui`.")
+        print(f"{oracle.tally(study).line(trials)}; stopped: {why}. See `python -m sweep report` and `python -m sweep ui`.")
         return 0
 
 

@@ -6,9 +6,15 @@ Small nets pay per batch (a traced call, the input pipeline); big ones per param
 arithmetic): batch size moves the first term, the net's size the second. Both coefficients are fitted
 to the steady epochs (the first, which also pays for tracing, is left out) of trials that had at least
 one, minimising the relative error, and refitted once without any trial the first fit misses by more
-than half: a short or disturbed run cannot poison the model. The warm-up is the median extra time of
-those trials' first epochs. Until two trials have a steady epoch, the trainer's nominal rates stand in
+than half: a short or disturbed run cannot poison the model. A trial cut inside its first epoch still
+timed its batches (`step_seconds`): that measures an epoch too. The warm-up is the median extra time of
+the trials' first epochs. One trial scales the trainer's nominal rates; with none, those rates stand in
 (they err low, so a trial is not skipped on a guess).
+
+The model's own error on the trials it was fitted to sets how optimistic a prediction may be: `low` is
+the factor by which it overestimated the trials it overestimated most (the 10th percentile of measured /
+predicted). A trial is started when even that optimistic prediction fits the time left; the trainer's
+projection from its measured batches then stops what still cannot.
 """
 
 from __future__ import annotations
@@ -20,10 +26,12 @@ import numpy as np
 import optuna
 
 from mnist_core.trainer import NOMINAL_RATE, STEP_OVERHEAD_SECONDS
-from sweep.oracle import FINISHED
+from sweep.record import FINISHED
 
 # A fitted trial whose relative residual exceeds this is left out of the refit.
 OUTLIER = 0.5
+# `low` is this quantile of measured / predicted over the fitted trials: optimistic, but not the one extreme.
+LOW_QUANTILE = 0.1
 
 
 @dataclass(frozen=True)
@@ -32,10 +40,17 @@ class CostModel:
     per_param_example: float
     warmup: float
     trials: int  # how many trials it was fitted on (0: the nominal prior)
+    low: float = 1.0  # measured / predicted at the optimistic end of this model's error (<= 1)
+
+    def per_epoch(self, n_params: int, examples: int, batch_size: int) -> float:
+        return math.ceil(examples / batch_size) * self.per_batch + n_params * examples * self.per_param_example
 
     def predict(self, n_params: int, examples: int, batch_size: int, epochs: int) -> float:
-        per_epoch = math.ceil(examples / batch_size) * self.per_batch + n_params * examples * self.per_param_example
-        return self.warmup + epochs * per_epoch
+        return self.warmup + epochs * self.per_epoch(n_params, examples, batch_size)
+
+    def least(self, n_params: int, examples: int, batch_size: int, epochs: int) -> float:
+        """The optimistic end of the prediction: the least time the model's own error allows."""
+        return self.low * self.predict(n_params, examples, batch_size, epochs)
 
 
 PRIOR = CostModel(per_batch=STEP_OVERHEAD_SECONDS, per_param_example=1 / NOMINAL_RATE, warmup=0.0, trials=0)
@@ -59,22 +74,36 @@ def _fit(features: np.ndarray, seconds: np.ndarray) -> np.ndarray:
     return best
 
 
+def _row(attrs: dict, examples: int) -> tuple[float, float, float, float] | None:
+    """(batches per epoch, parameter-examples, seconds per epoch, first-epoch seconds or NaN) of one trial."""
+    if not attrs.get("batch_size") or not attrs.get("param_count"):
+        return None
+    batches, work = math.ceil(examples / attrs["batch_size"]), attrs["param_count"] * examples
+    if attrs.get("steady_epochs", 0) >= 1:
+        return batches, work, attrs["seconds_per_epoch"], attrs["warmup_seconds"]
+    if attrs.get("step_seconds"):  # cut inside its first epoch: its timed batches are its epoch's pace
+        return batches, work, attrs["step_seconds"] * batches, math.nan
+    return None
+
+
 def fit(study: optuna.Study, examples: int) -> CostModel:
-    """The cost model of `study`'s finished trials that trained at least one steady epoch on `examples`."""
-    rows = []
-    for trial in study.get_trials(deepcopy=False, states=FINISHED):
-        attrs = trial.user_attrs
-        if attrs.get("steady_epochs", 0) >= 1 and attrs.get("batch_size"):
-            rows.append((math.ceil(examples / attrs["batch_size"]), attrs["param_count"] * examples,
-                         attrs["seconds_per_epoch"], attrs["warmup_seconds"]))
-    if len(rows) < 2:
+    """The cost model of `study`'s finished trials that timed a steady epoch or their batches, on `examples`."""
+    rows = [row for trial in study.get_trials(deepcopy=False, states=FINISHED)
+            if (row := _row(trial.user_attrs, examples)) is not None]
+    if not rows:
         return PRIOR
     table = np.array(rows, dtype=float)
     features, seconds = table[:, :2], table[:, 2]
-    coefficients = _fit(features, seconds)
-    keep = np.abs(features @ coefficients / seconds - 1) <= OUTLIER
-    if 2 <= keep.sum() < len(keep):
-        coefficients = _fit(features[keep], seconds[keep])
-        table = table[keep]
-    warmup = max(float(np.median(table[:, 3] - table[:, 2])), 0.0)
-    return CostModel(per_batch=float(coefficients[0]), per_param_example=float(coefficients[1]), warmup=warmup, trials=len(table))
+    if len(rows) == 1:  # one measurement scales the nominal rates; it cannot tell their two terms apart
+        coefficients = np.array([PRIOR.per_batch, PRIOR.per_param_example]) * seconds[0] / (features[0] @ [PRIOR.per_batch, PRIOR.per_param_example])
+    else:
+        coefficients = _fit(features, seconds)
+        keep = np.abs(features @ coefficients / seconds - 1) <= OUTLIER
+        if 2 <= keep.sum() < len(keep):
+            coefficients = _fit(features[keep], seconds[keep])
+            table, features, seconds = table[keep], features[keep], seconds[keep]
+    extra = table[:, 3] - seconds
+    warmup = max(float(np.median(extra[np.isfinite(extra)])), 0.0) if np.isfinite(extra).any() else 0.0
+    low = min(float(np.quantile(seconds / (features @ coefficients), LOW_QUANTILE)), 1.0)
+    return CostModel(per_batch=float(coefficients[0]), per_param_example=float(coefficients[1]), warmup=warmup,
+                     trials=len(table), low=low)

@@ -20,7 +20,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.hypermodel import StudySpec
-from sweep.oracle import FINISHED
+from sweep.record import FINISHED
 from sweep.points import curve_of
 
 DERIVED_ATTR = "derived_from_epoch"

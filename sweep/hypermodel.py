@@ -83,7 +83,8 @@ SAMPLERS = ("tpe", "random", "nsga2")
 PRUNERS = ("none", "median", "hyperband", "dominance")  # dominance: ours, for accuracy against seconds (sweep/dominance.py)
 ROLES = ("scientific", "nuisance")
 SCHEMA = {
-    "study": {"name", "description", "objectives", "sampler", "pruner", "pruner_warmup_epochs", "learn_from_epochs", "seed", "trials"},
+    "study": {"name", "description", "objectives", "sampler", "pruner", "pruner_warmup_epochs", "learn_from_epochs", "seed", "trials",
+              "min_epochs"},
     "budget": {"trial_seconds", "sweep_seconds"},
     "data": {"validation_fraction", "split_seed"},
     "scientific": set(HYPERPARAMETERS),
@@ -131,6 +132,36 @@ class StudySpec:
     split_seed: int
     params: tuple[Param, ...]
     fixed: dict[str, Any] = field(default_factory=dict)
+    min_epochs: int | None = None  # None: the default rule of `epochs_needed`
+
+    @property
+    def every_epoch_is_a_point(self) -> bool:
+        """Accuracy against seconds: each full epoch is a point of the front, whatever comes after it."""
+        return sorted(self.objectives) == ["train_seconds", "val_accuracy"]
+
+    def epochs_needed(self, planned: int) -> int:
+        """The epochs a trial planned for `planned` must finish to give what the study scores: worth starting
+        only if they fit. 1 where every epoch is a point; the pruner's warm-up for a pruned single-objective
+        study (no run is judged before it); else every planned epoch. `study.min_epochs` overrides."""
+        if self.min_epochs is not None:
+            needed = self.min_epochs
+        elif self.every_epoch_is_a_point:
+            needed = 1
+        elif self.pruner in ("median", "hyperband"):
+            needed = self.pruner_warmup_epochs
+        else:
+            needed = planned
+        return min(needed, planned)
+
+    def cheapest_config(self) -> TrainConfig:
+        """The configuration the search space allows that trains fastest: the smallest net (fewest layers,
+        narrowest, most border cropped), fewest epochs, largest batch. Other values do not change the cost."""
+        cheapest = {"depth": min, "width": min, "epochs": min, "batch_size": max, "input_crop": max}
+        values = {p.name: cheapest.get(p.name, min)(p.choices or (p.low, p.high)) for p in self.params}
+        for p in self.params:
+            if p.choices is None and HYPERPARAMETERS[p.name][0] is int:
+                values[p.name] = int(values[p.name])
+        return self.config_for(optuna.trial.FixedTrial(values), seed=self.seed)
 
     @property
     def directions(self) -> list[str]:
@@ -297,6 +328,7 @@ def load_study(path: str | Path) -> StudySpec:
         # A cosine-scheduled, augmented run says little about its end in its first epochs.
         pruner_warmup_epochs=_number(path, "study.pruner_warmup_epochs", study.get("pruner_warmup_epochs", 1), int, 1, 10_000),
         learn_from_epochs=learn_from_epochs,
+        min_epochs=(_number(path, "study.min_epochs", study["min_epochs"], int, 1, 10_000) if "min_epochs" in study else None),
         seed=_number(path, "study.seed", study.get("seed", 0), int, 0, 2**31 - 1),
         trials=_number(path, "study.trials", study.get("trials", 50), int, 1, 100_000),
         trial_seconds=_number(path, "budget.trial_seconds", budget.get("trial_seconds", 300), float, 1, 7 * 86_400),

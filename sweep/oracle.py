@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,10 +21,15 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.credentials import mask_url, redact
+from sweep.curves import CurveView
 from sweep.hypermodel import StudySpec
+from sweep.points import trained
+from sweep.record import FINISHED, skipped_for_sweep_time
 
 JOURNAL_NAME = "optuna.journal"
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# A study attribute: its trials are counted by `points.trained` (a full epoch), and a resumed study said so.
+COUNT_RULE_ATTR = "count_rule"
+COUNT_RULE = "full_epoch"
 
 
 class StorageError(Exception):
@@ -130,8 +136,6 @@ def make_sampler(spec: StudySpec) -> TrialSeededSampler:
     """The study file's sampler, seeded per trial; with `learn_from_epochs` it also sees every epoch as a trial."""
     if not spec.learn_from_epochs:
         return TrialSeededSampler(SAMPLERS[spec.sampler], spec.seed)
-    from sweep.curves import CurveView  # sweep.curves reads trials through sweep.points, which needs this module
-
     return TrialSeededSampler(SAMPLERS[spec.sampler], spec.seed, lambda study: CurveView(study, spec))
 
 
@@ -188,14 +192,52 @@ def load_existing(storage: BaseStorage, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=storage)
 
 
-def trained(trial: FrozenTrial) -> bool:
-    """Whether a finished trial trained at all; one skipped before training (it could not fit) did not."""
-    return trial.state in FINISHED and trial.user_attrs.get("epochs_run", 0) > 0
-
-
 def count_finished(study: optuna.Study) -> int:
-    """Finished trials that trained (complete, or pruned after training): what `--trials N` counts."""
+    """Finished trials that trained a full epoch (complete, or pruned after one): what `--trials N` counts."""
     return sum(map(trained, study.get_trials(deepcopy=False, states=FINISHED)))
+
+
+@dataclass(frozen=True)
+class Tally:
+    """A study's trials by outcome, as the final line and the parent run tell them."""
+
+    complete: int
+    pruned: int  # trained at least one full epoch, then stopped
+    skipped: int  # not run (no fit), or cut inside their first epoch: recorded, not counted
+    failed: int
+
+    @property
+    def trained(self) -> int:
+        return self.complete + self.pruned
+
+    def line(self, wanted: int) -> str:
+        return (f"{self.trained}/{wanted} trials trained ({self.complete} complete, {self.pruned} pruned), "
+                f"{self.skipped} skipped or cut before their first epoch, {self.failed} failed")
+
+
+def tally(study: optuna.Study) -> Tally:
+    trials = study.get_trials(deepcopy=False)
+    return Tally(
+        complete=sum(t.state == TrialState.COMPLETE and trained(t) for t in trials),
+        pruned=sum(t.state == TrialState.PRUNED and trained(t) for t in trials),
+        skipped=sum((t.state in FINISHED and not trained(t)) or skipped_for_sweep_time(t) for t in trials),
+        failed=sum(t.state == TrialState.FAIL and not skipped_for_sweep_time(t) for t in trials),
+    )
+
+
+def recount(study: optuna.Study) -> str | None:
+    """Once per study: what changed when a study started before trials were counted by full epochs is resumed.
+    Its trials were counted once they had trained any batch (`epochs_run` > 0)."""
+    if study.user_attrs.get(COUNT_RULE_ATTR) == COUNT_RULE:
+        return None
+    study.set_user_attr(COUNT_RULE_ATTR, COUNT_RULE)
+    finished = study.get_trials(deepcopy=False, states=FINISHED)
+    before = sum(t.user_attrs.get("epochs_run", 0) > 0 for t in finished)
+    now = sum(map(trained, finished))
+    if before == now:
+        return None
+    return (f"recounted: {now} trials trained a full epoch ({before} were counted before); "
+            f"{before - now} cut inside their first epoch no longer count towards --trials")
 
 
 def count_busy(study: optuna.Study, before: int | None = None) -> int:

@@ -15,7 +15,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep.oracle import FINISHED
+from sweep.record import FINISHED
 
 CURVE_ATTR = "curve"
 
@@ -43,6 +43,12 @@ def trial_points(trial: FrozenTrial) -> list[Point]:
             return [Point(trial.number, int(attrs["best_epoch"]), float(attrs["train_seconds"]), float(attrs["best_val_accuracy"]))]
         return []
     return [Point(trial.number, epoch, s, a) for epoch, (s, a) in enumerate(curve_of(trial), start=1) if math.isfinite(a)]
+
+
+def trained(trial: FrozenTrial) -> bool:
+    """Whether a finished trial trained at least one full epoch, that is, has a point: what `--trials N` counts.
+    One skipped before training, or cut inside its first epoch, is recorded but did not train."""
+    return trial.state in FINISHED and bool(trial_points(trial))
 
 
 def study_points(study: optuna.Study) -> list[Point]:

@@ -11,7 +11,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from sweep.hypermodel import STUDIES
-from sweep.oracle import trained
+from sweep.oracle import tally
 from sweep.points import pareto_mask, study_points
 from sweep.tracking import PARENT_ATTR, SUMMARY_METRICS, Tracker
 
@@ -49,21 +49,19 @@ def hypervolume(accuracy: np.ndarray, seconds: np.ndarray, max_seconds: float, m
 
 def progress(study: optuna.Study, max_seconds: float) -> dict[str, float]:
     """How a study stands: best score so far, trials by outcome, the accuracy-vs-time front and its cost."""
-    trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("best_val_accuracy") is not None]
     points = study_points(study)  # every epoch of every finished trial
     accuracy = np.array([p.val_accuracy for p in points])
     seconds = np.array([p.seconds for p in points])
-    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    counts = tally(study)  # as the sweep's final line counts them
     return {
         "best_val_accuracy": float(accuracy.max()) if len(points) else None,
-        "trials_complete": len(complete),
-        "trials_pruned": sum(map(trained, pruned)),
-        "trials_skipped": sum(not trained(t) for t in pruned),
-        "trials_failed": sum(t.state == TrialState.FAIL for t in trials),
+        "trials_complete": counts.complete,
+        "trials_pruned": counts.pruned,
+        "trials_skipped": counts.skipped,
+        "trials_failed": counts.failed,
         "front_size": int(pareto_mask(accuracy, seconds).sum()),
         "hypervolume": hypervolume(accuracy, seconds, max_seconds),
-        "total_train_seconds": sum(t.user_attrs.get("train_seconds") or 0.0 for t in trials),
+        "total_train_seconds": sum(t.user_attrs.get("train_seconds") or 0.0 for t in study.get_trials(deepcopy=False)),
     }
 
 

@@ -2,9 +2,12 @@
 scored by its best validation epoch, and is tracked in MLflow as a child run of the sweep.
 
 Trial states map to MLflow statuses: COMPLETE -> FINISHED, PRUNED -> KILLED, FAIL -> FAILED.
-A trial stopped at its deadline or projected to overrun it is PRUNED, with its partial result kept.
-A trial estimated not to fit is PRUNED before training, with no MLflow run, and does not count
-towards `--trials`: the sampler still learns from it (Optuna's TPE ranks pruned trials below complete ones).
+A trial starts only when the cost model predicts that the epochs the study needs of it
+(`StudySpec.epochs_needed`) fit the time it has. One that cannot fit its own per-trial budget is PRUNED
+before training, so the sampler learns it is too slow; one that only lacks the sweep's time left is
+FAIL `skipped: sweep time`, which the samplers ignore: being late says nothing about it. Neither has an
+MLflow run. A trial stopped at its deadline or projected to miss its needed epochs is PRUNED, with its
+finished epochs kept. Only a trial with a full epoch counts towards `--trials`.
 """
 
 from __future__ import annotations
@@ -25,16 +28,17 @@ from mnist_core.model import param_count
 from mnist_core.trainer import Budget, EpochStats, TrainConfig, train, warm_up
 from sweep import costmodel, dominance
 from sweep.hypermodel import StudySpec
-from sweep.oracle import FINISHED, count_busy, count_finished, release, trained
-from sweep.points import CURVE_ATTR, curve_of, front, trial_points
+from sweep.oracle import count_busy, count_finished, release
+from sweep.points import CURVE_ATTR, curve_of, front, trained, trial_points
 from sweep.processes import as_interrupt, check_stop
+from sweep.record import FINISHED, SWEEP_TIME_SKIP, skipped_for_sweep_time
 from sweep.report import progress, write_report
 from sweep.tracking import PARENT_ATTR, Tracker, config_params, manifest, summary_metrics
 from sweep.workers import Heartbeat, own, recover
 
-# Skip a trial whose predicted time exceeds its budget by this factor (the prediction is a model; the
-# trainer's projection from measured batches stops what still cannot fit, early).
-OVERRUN_FACTOR = 1.5
+# Wall clock of sweep deadlines: absolute, so a recycled process keeps its sweep's; a module attribute so
+# tests can replace it with a fake one (with `mnist_core.trainer.clock`).
+clock = time.time
 # Stop a sweep whose last trials all failed: something is wrong beyond one configuration.
 MAX_CONSECUTIVE_FAILURES = 5
 # Stop asking when this many trials in a row could not fit their budget (skipped before training).
@@ -45,6 +49,8 @@ POLL_SECONDS = 2.0
 CHART_SECONDS = 30.0
 # How long a worker that opened a new study's parent MLflow run waits to see if another one did too.
 PARENT_SETTLE_SECONDS = 0.5
+# A run tag: the trial was cut inside its first epoch, so it has no point and does not count as trained.
+CUT_TAG = "cut_before_first_epoch"
 RUN_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
 
 
@@ -56,14 +62,13 @@ class SweepContext:
     splits: Splits
     tracker: Tracker
     parent_run_id: str
-    deadline: float | None  # time.time() after which no trial may run; None: no sweep budget
+    deadline: float | None  # clock() after which no trial may run; None: no sweep budget
     report_dir: Path  # where the trade-off chart and CSV are refreshed as trials finish
 
 
 def quickest_epoch(study: optuna.Study) -> float | None:
-    """The shortest first epoch (warm-up included) of any trial so far: no trial scores in less."""
-    seconds = [t.user_attrs["warmup_seconds"] for t in study.get_trials(deepcopy=False, states=FINISHED)
-               if t.user_attrs.get("warmup_seconds")]
+    """The shortest complete first epoch (warm-up included) of any trial so far: no trial scores in less."""
+    seconds = [curve[0][0] for t in study.get_trials(deepcopy=False, states=FINISHED) if (curve := curve_of(t))]
     return min(seconds) if seconds else None
 
 
@@ -94,7 +99,7 @@ def run_trial(study: optuna.Study, ctx: SweepContext, trial: optuna.Trial) -> Fr
         config = ctx.spec.config_for(trial, seed)
         trial.set_user_attr("batch_size", config.batch_size)  # what the cost model needs, searched or fixed
         trial.set_user_attr("epochs", config.epochs)
-        seconds = ctx.spec.trial_seconds if ctx.deadline is None else min(ctx.spec.trial_seconds, ctx.deadline - time.time())
+        seconds = _seconds_left(ctx)
         outcome = _skip(ctx, trial, config, seconds)
         if outcome is None:
             # The run id is kept the moment the run exists, so an interrupt while it is described still closes it.
@@ -120,19 +125,27 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
-def _skip(ctx: SweepContext, trial: optuna.Trial, config: TrainConfig, seconds: float) -> Outcome | None:
-    """PRUNED before training when the trial cannot fit: the sweep budget is spent, or the study's cost
-    model (once fitted on two trials) predicts it would overrun. The prediction is kept on the trial."""
-    n_params = param_count(config.model)
-    if seconds <= 0:
-        return Outcome(TrialState.PRUNED, "skipped: sweep budget spent", {"param_count": n_params})
-    model = costmodel.fit(trial.study, len(ctx.splits.train))
-    predicted = model.predict(n_params, len(ctx.splits.train), config.batch_size, config.epochs)
-    trial.set_user_attr("predicted_seconds", predicted)
+def _seconds_left(ctx: SweepContext) -> float:
+    """What a trial starting now may take: its own budget, or the sweep's time left if shorter."""
+    return ctx.spec.trial_seconds if ctx.deadline is None else min(ctx.spec.trial_seconds, ctx.deadline - clock())
+
+
+def _skip(ctx: SweepContext, trial: optuna.Trial, config: TrainConfig, left: float) -> Outcome | None:
+    """Why the trial is not run, if its needed epochs cannot fit in `left` seconds: PRUNED when they exceed its own budget (the
+    sampler learns the config is too slow), FAIL `skipped: sweep time` when only the sweep's time left is too
+    short. Judged on the cost model's optimistic end once it has a measurement (the prior errs low anyway)."""
+    n_params, examples = param_count(config.model), len(ctx.splits.train)
+    needed = ctx.spec.epochs_needed(config.epochs)
+    model = costmodel.fit(trial.study, examples)
+    least = model.least(n_params, examples, config.batch_size, needed)
+    trial.set_user_attr("predicted_seconds", model.predict(n_params, examples, config.batch_size, config.epochs))
     trial.set_user_attr("cost_model_trials", model.trials)  # 0: the nominal prior, not yet fitted
-    if model.trials >= 2 and predicted > OVERRUN_FACTOR * seconds:
-        reason = f"skipped: predicted {predicted:.0f} s for {n_params:,} parameters at batch {config.batch_size} > budget {seconds:.0f} s"
-        return Outcome(TrialState.PRUNED, reason, {"param_count": n_params})
+    trial.set_user_attr("min_epochs", needed)
+    need = f"predicted at least {least:.0f} s for {needed} epoch(s) of {n_params:,} parameters at batch {config.batch_size}"
+    if model.trials and least > ctx.spec.trial_seconds:
+        return Outcome(TrialState.PRUNED, f"skipped: {need} > trial budget {ctx.spec.trial_seconds:g} s", {"param_count": n_params})
+    if left <= 0 or (model.trials and least > left):
+        return Outcome(TrialState.FAIL, f"{SWEEP_TIME_SKIP}: {need} > {max(left, 0):.0f} s left", {"param_count": n_params})
     return None
 
 
@@ -178,15 +191,17 @@ def _train(ctx: SweepContext, trial: optuna.Trial, config: TrainConfig, seconds:
 
     try:
         with Heartbeat(trial):
-            result = train(config, ctx.splits, Budget(seconds), on_epoch=on_epoch)
+            result = train(config, ctx.splits, Budget(seconds, spec.epochs_needed(config.epochs)), on_epoch=on_epoch)
     except Exception as exc:  # out of memory and other failures inside one trial, unless a signal caused it
         if isinstance(interrupt := as_interrupt(exc), KeyboardInterrupt):
             raise interrupt
         return Outcome(TrialState.FAIL, _reason(exc), {"param_count": param_count(config.model)})
     trial.set_user_attr("jit_compile", result.config.model.jit_compile)  # as decided for this run: `best` repeats it
-    ctx.tracker.set_tags(run_id, {"jit_compile": result.config.model.jit_compile})
-    metrics = summary_metrics(result)
+    trial.set_user_attr("step_seconds", result.step_seconds)  # the cost model learns from a run cut in its first epoch too
     state = {"completed": TrialState.COMPLETE, "stopped": TrialState.PRUNED, "failed": TrialState.FAIL}[result.outcome]
+    cut = state == TrialState.PRUNED and not curve
+    ctx.tracker.set_tags(run_id, {"jit_compile": result.config.model.jit_compile, CUT_TAG: cut})
+    metrics = summary_metrics(result)
     values = [metrics[m] for m in spec.objective_metrics] if state == TrialState.COMPLETE else None
     return Outcome(state, result.reason, metrics, values)
 
@@ -212,7 +227,8 @@ def describe(trial: FrozenTrial) -> str:
     took = f"{seconds:7.1f} s" if seconds is not None else "      - s"
     params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
     reason = f"  ({attrs['reason']})" if attrs.get("reason") else ""
-    return f"trial {trial.number:4d} {trial.state.name:8s} {score} {took}  {params}{reason}"
+    uncounted = "  [not counted: no full epoch]" if trial.state == TrialState.PRUNED and not trained(trial) and "mlflow_run_id" in attrs else ""
+    return f"trial {trial.number:4d} {trial.state.name:8s} {score} {took}  {params}{reason}{uncounted}"
 
 
 def print_line(line: str) -> None:
@@ -221,36 +237,61 @@ def print_line(line: str) -> None:
     sys.stdout.flush()
 
 
-def _why_stop(study: optuna.Study, ctx: SweepContext, failures: int, skips: int) -> str | None:
+def _why_stop(study: optuna.Study, ctx: SweepContext, failures: int, skips: int, last_skip: str) -> str | None:
     """Why no further trial should be asked for, if there is a reason."""
     if failures >= MAX_CONSECUTIVE_FAILURES:
         return f"the last {failures} trials failed; see their reasons above"
+    if skips >= MAX_CONSECUTIVE_SKIPS and last_skip.startswith(SWEEP_TIME_SKIP):
+        return f"the last {skips} configurations proposed did not fit the sweep's time left (see above)"
     if skips >= MAX_CONSECUTIVE_SKIPS:
         return (f"the last {skips} configurations could not fit their budget (see above); "
                 "raise budget.trial_seconds or --timeout, or narrow the search space")
     if ctx.deadline is None:
         return None
-    left = ctx.deadline - time.time()
+    left = ctx.deadline - clock()
     if left <= 0:
         return "the sweep budget is spent"
     quickest = quickest_epoch(study)
     if quickest is not None and left < quickest:
         return f"{left:.1f} s of the sweep budget left, less than the quickest first epoch so far ({quickest:.1f} s)"
-    return None
+    return _nothing_fits(study, ctx, left)
+
+
+def _nothing_fits(study: optuna.Study, ctx: SweepContext, left: float) -> str | None:
+    """Why not even the cheapest configuration of the search space fits `left` seconds, by the cost model's
+    optimistic end (once it has a measurement), if it does not."""
+    examples = len(ctx.splits.train)
+    model = costmodel.fit(study, examples)
+    cheapest = ctx.spec.cheapest_config()
+    needed = ctx.spec.epochs_needed(cheapest.epochs)
+    least = model.least(param_count(cheapest.model), examples, cheapest.batch_size, needed)
+    if not model.trials or least <= left:
+        return None
+    shape = " x ".join(map(str, (cheapest.model.depth, cheapest.model.width)))
+    return (f"nothing can fit: {left:.0f} s of the sweep budget left, and the cheapest configuration ({shape}, "
+            f"{needed} epoch(s) at batch {cheapest.batch_size}) needs at least {least:.0f} s by the cost model")
+
+
+@dataclass(frozen=True)
+class Ended:
+    """Why `run_trials` returned; `recycle`: it ran its share with work left, and a fresh process should go on."""
+
+    reason: str
+    recycle: bool = False
 
 
 def run_trials(
     study: optuna.Study, ctx: SweepContext, trials: int, write: Callable[[str], None] = print_line, progress: bool = True,
     max_trials: int | None = None,
-) -> tuple[int, bool]:
+) -> Ended:
     """Run trials until `trials` have trained in the study (all workers together), or nothing more can.
 
     A trial starts only while trained + running trials fall short of `trials`, so parallel workers
     never overshoot; a worker with no free slot waits, since a running trial may still fail. Asking
-    stops when the sweep budget left is shorter than any first epoch seen, or after
-    MAX_CONSECUTIVE_SKIPS trials in a row could not fit (or MAX_CONSECUTIVE_FAILURES failed).
-    Returns the study's trained trials, and whether this call stopped after `max_trials` of its own
-    with work left (the process should be recycled: TensorFlow keeps memory of every model it traced).
+    stops when the sweep budget left is shorter than any complete first epoch seen or than the cheapest
+    configuration needs, or after MAX_CONSECUTIVE_SKIPS trials in a row did not run (or
+    MAX_CONSECUTIVE_FAILURES failed). After `max_trials` of its own with work left, it returns asking to
+    be recycled (TensorFlow keeps memory of every model it traced).
     """
     # A fresh process's first run pays one-off costs (thread pools, first kernels): paid here, untimed, so
     # every trial is timed warm, the first of each recycled process too, and as `best` times its retrain.
@@ -261,7 +302,8 @@ def run_trials(
     gc.collect()
     gc.freeze()
     failures = skips = ran = 0
-    recycle = False
+    last_skip = ""
+    ended = Ended(f"the study has its {trials} trained trials")
     charted = time.monotonic()
     unreported = False  # trials finished since the chart and CSV were last written
     with tqdm(total=trials, initial=count_finished(study), desc=study.study_name, unit="trial", dynamic_ncols=True, disable=not progress) as bar:
@@ -273,11 +315,12 @@ def run_trials(
             if bar.n >= trials:
                 break
             if max_trials is not None and ran >= max_trials:
-                recycle = True
+                ended = Ended(f"this process ran its {max_trials} trials", recycle=True)
                 break
-            why = _why_stop(study, ctx, failures, skips)
+            why = _why_stop(study, ctx, failures, skips, last_skip)
             if why:
                 write(f"stopping: {why}")
+                ended = Ended(why)
                 break
             if count_busy(study) >= trials:
                 time.sleep(POLL_SECONDS)
@@ -290,8 +333,10 @@ def run_trials(
             frozen = run_trial(study, ctx, trial)
             ran += 1
             write(describe(frozen))
-            failures = failures + 1 if frozen.state == TrialState.FAIL else 0
-            skips = skips + 1 if frozen.state == TrialState.PRUNED and not trained(frozen) else 0
+            skipped = not trained(frozen) and (frozen.state == TrialState.PRUNED or skipped_for_sweep_time(frozen))
+            failures = failures + 1 if frozen.state == TrialState.FAIL and not skipped else 0
+            skips = skips + 1 if skipped else 0
+            last_skip = (frozen.user_attrs.get("reason") or "") if skipped else last_skip
             report_progress(study, ctx)
             unreported = True
             if time.monotonic() - charted >= CHART_SECONDS:
@@ -299,7 +344,7 @@ def run_trials(
                 unreported, charted = False, time.monotonic()
     if unreported:  # the chart and CSV show every trial once the sweep ends
         write_report(study, ctx.report_dir / study.study_name, ctx.tracker)
-    return count_finished(study), recycle
+    return ended
 
 
 def parent_run(study: optuna.Study, tracker: Tracker, spec: StudySpec) -> str:

@@ -34,6 +34,35 @@ def _no_ambient_settings(monkeypatch):
 
 
 @pytest.fixture
+def fake_clock(monkeypatch):
+    """One clock for the trainer and the sweep's deadlines that advances 10 ms per batch trained, over every
+    run (whoever reads it, however often): budget decisions depend on batches, not on machine speed.
+    `fake_clock.stall = (step, seconds)` adds a pause after that many batches."""
+    from mnist_core import trainer
+    from sweep import tuner
+
+    monitors = []
+    real_init = trainer._Monitor.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        monitors.append(self)
+
+    def now() -> float:
+        steps = sum(m.steps for m in monitors)
+        step, pause = clock.stall
+        return steps * 0.01 + (pause if steps > step else 0.0)
+
+    class clock:
+        stall = (10**9, 0.0)
+
+    monkeypatch.setattr(trainer._Monitor, "__init__", init)
+    monkeypatch.setattr(trainer, "clock", now)
+    monkeypatch.setattr(tuner, "clock", now)
+    return clock
+
+
+@pytest.fixture
 def study_file(tmp_path):
     path = tmp_path / "tiny.toml"
     path.write_text(TINY)

@@ -53,7 +53,25 @@ def test_one_disturbed_run_does_not_poison_it():
     assert model.predict(9_500_000, EXAMPLES, 128, 15) == pytest.approx(WARMUP + 15 * _seconds_per_epoch(9_500_000, 128), rel=1e-3)
 
 
-def test_runs_without_a_steady_epoch_are_not_used_and_the_prior_stands_in():
-    # Stopped during the first epoch: warm-up dominated, nothing steady to learn from.
-    model = costmodel.fit(_study(_trial(4_000_000, 128, steady_epochs=0, slow=10.0), _trial(50_000, 512)), EXAMPLES)
+def test_runs_without_a_steady_epoch_or_timed_batches_are_not_used_and_the_prior_stands_in():
+    # Stopped during the first epoch before its batches were timed: warm-up dominated, nothing to learn from.
+    model = costmodel.fit(_study(_trial(4_000_000, 128, steady_epochs=0, slow=10.0)), EXAMPLES)
     assert model == costmodel.PRIOR and model.trials == 0
+
+
+def test_one_measurement_scales_the_prior_and_a_run_cut_in_its_first_epoch_is_one():
+    batches = math.ceil(EXAMPLES / 128)
+    cut = {"param_count": 4_000_000, "batch_size": 128, "steady_epochs": 0,
+           "step_seconds": _seconds_per_epoch(4_000_000, 128) / batches}  # its timed batches, no full epoch
+    model = costmodel.fit(_study(cut), EXAMPLES)
+    assert model.trials == 1 and model.warmup == 0.0 and model.low == 1.0
+    assert model.predict(4_000_000, EXAMPLES, 128, 3) == pytest.approx(3 * _seconds_per_epoch(4_000_000, 128))
+    assert model.per_batch / model.per_param_example == pytest.approx(costmodel.PRIOR.per_batch / costmodel.PRIOR.per_param_example)
+
+
+def test_the_optimistic_end_comes_from_the_models_own_error():
+    exact = costmodel.fit(_study(*(_trial(p, b) for p, b in SHAPES)), EXAMPLES)
+    assert exact.low == pytest.approx(1.0)  # no error, no widening
+    noisy = costmodel.fit(_study(*(_trial(p, b, slow=f) for (p, b), f in zip(SHAPES, (0.8, 1.2, 1.0, 0.9, 1.1)))), EXAMPLES)
+    assert 0.7 < noisy.low < 0.95
+    assert noisy.least(2_000_000, EXAMPLES, 64, 10) == pytest.approx(noisy.low * noisy.predict(2_000_000, EXAMPLES, 64, 10))

@@ -15,7 +15,9 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
+from mnist_core import trainer as trainer_module
 from sweep import tuner
+from sweep.oracle import count_finished
 from tests.stores import TINY, load, runs
 
 
@@ -188,7 +190,7 @@ def test_nets_that_cannot_fit_are_skipped_uncounted_and_asking_stops(cli, study_
         .replace("epochs = { low = 1, high = 2 }", "epochs = { choices = [2, 50] }")
     )
     from sweep.hypermodel import load_study
-    from sweep.oracle import count_finished, open_storage, open_study
+    from sweep.oracle import open_storage, open_study
 
     study = open_study(load_study(study_file), open_storage(None, cli.store))
     for _ in range(2):
@@ -211,20 +213,74 @@ def test_nets_that_cannot_fit_are_skipped_uncounted_and_asking_stops(cli, study_
     assert len([r for r in all_runs if "mlflow.parentRunId" in r.data.tags]) == 2  # the small trials' runs alone
 
 
-def test_no_trial_is_asked_for_once_the_budget_left_is_shorter_than_any_first_epoch(cli):
+def test_no_trial_is_asked_for_once_the_budget_left_is_shorter_than_any_first_epoch(cli, study_file, idx_dir):
     assert cli("run", "--trials", "1")[0] == 0
     study = load(cli.store)
     quickest = tuner.quickest_epoch(study)
-    assert quickest == study.trials[0].user_attrs["warmup_seconds"] > 0
-    import time
+    assert quickest == study.trials[0].user_attrs["warmup_seconds"] > 0  # its first epoch, complete
     from types import SimpleNamespace
 
-    ample = SimpleNamespace(deadline=time.time() + 3600)
-    assert tuner._why_stop(study, ample, failures=0, skips=0) is None
-    nearly_spent = SimpleNamespace(deadline=time.time() + quickest / 10)
-    assert "less than the quickest first epoch" in tuner._why_stop(study, nearly_spent, failures=0, skips=0)
-    spent = SimpleNamespace(deadline=time.time() - 1)
-    assert tuner._why_stop(study, spent, failures=0, skips=0) == "the sweep budget is spent"
+    from mnist_core.data import load_splits, resolve_source
+    from sweep.hypermodel import load_study
+
+    splits = load_splits(resolve_source(idx_dir), 0.1, 0)
+    context = lambda left: SimpleNamespace(deadline=tuner.clock() + left, spec=load_study(study_file), splits=splits)  # noqa: E731
+    assert tuner._why_stop(study, context(3600), failures=0, skips=0, last_skip="") is None
+    assert "less than the quickest first epoch" in tuner._why_stop(study, context(quickest / 10), failures=0, skips=0, last_skip="")
+    assert tuner._why_stop(study, context(-1), failures=0, skips=0, last_skip="") == "the sweep budget is spent"
+
+
+# Every trial plans 30 epochs of 9 batches: 2.7 s on the fake clock (10 ms a batch), which a 1-s sweep cannot hold.
+HOPELESS = TINY.replace('objectives = ["val_accuracy", "train_seconds"]', 'objectives = ["val_accuracy"]') \
+    .replace("epochs = { low = 1, high = 2 }\n", "").replace("[fixed]", "[fixed]\nepochs = 30")
+
+
+def test_when_no_trial_can_finish_in_the_time_left_the_sweep_stops_and_counts_nothing(cli, study_file, fake_clock, monkeypatch):
+    # One batch per traced call, so the trainer's projection can judge within the first epoch.
+    monkeypatch.setattr(trainer_module, "EXECUTION_SECONDS", 1e-6)
+    study_file.write_text(HOPELESS)
+    code, out, err = cli("run", "--trials", "3", "--timeout", "1")
+    assert code == 0, err
+    study = load(cli.store)
+    # The nominal prior let one trial start; its measured batches showed its 30 epochs cannot fit: cut in its
+    # first epoch, recorded, not counted. The cost model then knows that nothing the space allows can fit.
+    assert "stopping: nothing can fit: 1 s of the sweep budget left, and the cheapest configuration (1 x 8, 30 epoch(s) at batch 64) needs at least 3 s" in out
+    (cut,) = study.trials
+    assert cut.state == TrialState.PRUNED and cut.user_attrs["reason"].startswith("over_budget") and not cut.user_attrs.get("curve")
+    assert "not counted: no full epoch" in out
+    assert count_finished(study) == 0
+    assert "0/3 trials trained (0 complete, 0 pruned), 1 skipped or cut before their first epoch, 0 failed; stopped: nothing can fit" in out
+    _, all_runs = runs(cli.store)
+    by_name = {r.data.tags["mlflow.runName"]: r for r in all_runs}
+    assert by_name["trial-0"].info.status == "KILLED" and by_name["trial-0"].data.tags["cut_before_first_epoch"] == "True"
+    assert by_name["trial-0"].data.tags["reason"].startswith("over_budget")
+    parent = by_name["sweep-tiny"].data.metrics
+    assert (parent["trials_complete"], parent["trials_pruned"], parent["trials_skipped"], parent["trials_failed"]) == (0, 0, 1, 0)
+
+
+def test_a_config_skipped_for_sweep_time_is_a_state_the_samplers_ignore_and_no_failure(cli, study_file, fake_clock, monkeypatch):
+    monkeypatch.setattr(trainer_module, "EXECUTION_SECONDS", 1e-6)
+    study_file.write_text(HOPELESS.replace("epochs = 30", "").replace("[scientific]", "[scientific]\nepochs = { low = 1, high = 50 }"))
+    from sweep.hypermodel import load_study
+    from sweep.oracle import open_storage, open_study
+
+    study = open_study(load_study(study_file), open_storage(None, cli.store))
+    for _ in range(2):  # two short trials teach the cost model this (fake) machine's pace
+        study.enqueue_trial({"depth": 1, "width": 8, "epochs": 2, "learning_rate": 0.005})
+    late = tuner.MAX_CONSECUTIVE_FAILURES + 1
+    for _ in range(late):  # 50 epochs: 4.5 s, within the trial budget but not the sweep's 1.6 s left
+        study.enqueue_trial({"depth": 1, "width": 8, "epochs": 50, "learning_rate": 0.005})
+    code, out, err = cli("run", "--trials", "3", "--timeout", "2")
+    assert code == 0, err
+    study = load(cli.store)
+    skipped = study.trials[2 : 2 + late]
+    assert all(t.state == TrialState.FAIL and t.user_attrs["reason"].startswith("skipped: sweep time") for t in skipped)
+    assert all(t.params["epochs"] == 50 and "mlflow_run_id" not in t.user_attrs for t in skipped)
+    assert "trials failed" not in out  # not failures: the failure stop did not trip
+    assert len(study.trials) > 2 + late  # the sweep went on asking after them
+    _, all_runs = runs(cli.store)
+    (parent,) = [r for r in all_runs if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.data.metrics["trials_failed"] == 0 and parent.data.metrics["trials_skipped"] >= late
 
 
 def test_running_trial_is_stopped_at_its_deadline(cli, study_file):

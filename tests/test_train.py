@@ -37,30 +37,6 @@ def test_same_seed_same_metrics_other_seed_differs(splits):
     assert metrics(first) != metrics(other)
 
 
-@pytest.fixture
-def fake_clock(monkeypatch):
-    """A clock that advances 10 ms per batch trained (whoever reads it, however often), so budget decisions
-    depend on batches, not on machine speed. `fake_clock.stall = (step, seconds)` adds a pause after that step."""
-    monitors = []
-    real_init = train_module._Monitor.__init__
-
-    def init(self, *args, **kwargs):
-        real_init(self, *args, **kwargs)
-        monitors.append(self)
-
-    def now() -> float:
-        steps = monitors[-1].steps if monitors else 0
-        step, pause = clock.stall
-        return steps * 0.01 + (pause if steps > step else 0.0)
-
-    class clock:
-        stall = (10**9, 0.0)
-
-    monkeypatch.setattr(train_module._Monitor, "__init__", init)
-    monkeypatch.setattr(train_module, "clock", now)
-    return clock
-
-
 def test_hopeless_run_is_stopped_early_as_over_budget(splits, fake_clock):
     # 17 steps x 10 epochs at 10 ms per step projects 1.7 s against a 0.5 s budget.
     config = TrainConfig(SMALL.model, epochs=10, batch_size=32, steps_per_execution=1)
@@ -74,7 +50,7 @@ def test_run_projected_just_over_its_budget_is_stopped_early_not_at_the_deadline
     # 170 batches at 10 ms project 1.7 s against a 1.6 s budget: stopped after the timed batches, not at 1.6 s.
     config = TrainConfig(SMALL.model, epochs=10, batch_size=32, steps_per_execution=1)
     result = train(config, splits, Budget(seconds=1.6))
-    assert result.outcome == "stopped" and result.reason.startswith("over_budget: projected 2 s > budget 1.6 s")
+    assert result.outcome == "stopped" and result.reason.startswith("over_budget: projected 1.7 s > budget 1.6 s")
     assert sum(e.examples for e in result.epochs) == (1 + train_module.PROJECTION_BATCHES) * 32
 
 
@@ -96,6 +72,25 @@ def test_several_batches_per_execution_keep_the_deadline_within_one_execution(sp
     result = train(config, splits, Budget(seconds=1.8))
     assert result.reason == "budget: 1.8 s spent at step 151/170"
     assert [e.examples for e in result.epochs] == [540] * 8 + [15 * 32]
+
+
+def test_a_run_whose_needed_epochs_fit_runs_to_its_deadline_and_keeps_them(splits, fake_clock):
+    # 10 epochs of 17 batches (1.7 s) do not fit 0.5 s, but the 2 epochs it needs (0.34 s) do: not cut after a
+    # few batches for epochs it was never going to reach, it trains until the deadline, its 2 full epochs kept.
+    config = TrainConfig(SMALL.model, epochs=10, batch_size=32, steps_per_execution=1)
+    result = train(config, splits, Budget(seconds=0.5, min_epochs=2))
+    assert result.outcome == "stopped" and result.reason == "budget: 0.5 s spent at step 50/170"
+    assert [e.examples for e in result.epochs] == [540, 540, 16 * 32] and result.epochs[-1].partial
+    assert result.step_seconds == pytest.approx(0.01)  # its measured pace, which the cost model learns from
+
+
+def test_a_run_projected_to_miss_its_needed_epochs_is_stopped_early(splits, fake_clock):
+    config = TrainConfig(SMALL.model, epochs=10, batch_size=32, steps_per_execution=1)
+    result = train(config, splits, Budget(seconds=0.3, min_epochs=2))  # 2 epochs need 0.34 s
+    assert result.reason == "over_budget: projected 0.34 s > budget 0.3 s for 2 epoch(s)"
+    assert sum(e.examples for e in result.epochs) == (1 + train_module.PROJECTION_BATCHES) * 32
+    with pytest.raises(ValueError, match="min_epochs"):
+        Budget(seconds=1.0, min_epochs=0)
 
 
 def test_batches_per_execution_change_no_result(splits):

@@ -1,6 +1,7 @@
-"""What the benches share: where results go, which commit measured them, and the tests' helpers on the path.
+"""What the benches share: where results go and which commit measured them.
 
-Benches run as scripts from the project root (`python bench/NAME.py`), so this folder is on `sys.path`.
+Benches run as scripts from the project root (`python bench/NAME.py`), so this folder is on `sys.path`; the
+project is installed (`pip install -e ".[test,bench]"`), and its `sweep.testing` helpers serve them as the tests.
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,8 +17,6 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # the tests' helpers (tests/stores.py) serve the benches too
 
 
 def commit() -> str:

@@ -21,12 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import ROOT, commit, publish
 from optuna.trial import TrialState
 
-from common import ROOT, commit, publish  # bench/common.py: puts the project on sys.path
-
-from sweep.hypermodel import DEFAULT_STUDY, load_study  # noqa: E402
-from tests.stores import load  # noqa: E402
+from sweep.record import TrialRecord
+from sweep.studyfile import DEFAULT_STUDY, load_study
+from sweep.testing.stores import load
 
 
 def main() -> None:
@@ -42,15 +42,14 @@ def main() -> None:
         trials = load(Path(store), "tradeoff").trials
     rows, cut = [], []
     for t in trials:
-        attrs = t.user_attrs
-        reason = attrs.get("reason") or ""
-        spent = attrs.get("train_seconds")
+        rec = TrialRecord.load(t)
+        reason, spent = rec.reason or "", rec.train_seconds
         if reason.startswith("budget:") or (reason.startswith("over_budget") and spent and spent > budget / 2):
             cut.append({"trial": t.number, "reason": reason, "train_seconds": spent})
-        if t.state == TrialState.COMPLETE and attrs.get("predicted_seconds"):
-            error = 100 * (attrs["predicted_seconds"] - spent) / spent
-            rows.append({"trial": t.number, "params": t.params, "param_count": attrs["param_count"],
-                         "fitted_on": attrs.get("cost_model_trials", 0), "predicted_seconds": attrs["predicted_seconds"],
+        if t.state == TrialState.COMPLETE and rec.predicted_seconds:
+            error = 100 * (rec.predicted_seconds - spent) / spent
+            rows.append({"trial": t.number, "params": t.params, "param_count": rec.param_count,
+                         "fitted_on": rec.cost_model_trials or 0, "predicted_seconds": rec.predicted_seconds,
                          "train_seconds": spent, "error_pct": error})
     fitted = [r for r in rows if r["fitted_on"] >= 2]  # before that, the nominal prior predicts
     errors = [abs(r["error_pct"]) for r in fitted]
@@ -61,7 +60,7 @@ def main() -> None:
         "median_abs_error_pct": statistics.median(errors) if errors else None,
         "worst_abs_error_pct": max(errors) if errors else None,
         "cut_after_half_budget": len(cut), "cut": cut,
-        "skipped": sum((t.user_attrs.get("reason") or "").startswith("skipped") for t in trials),
+        "skipped": sum((TrialRecord.load(t).reason or "").startswith("skipped") for t in trials),
         "predictions": rows,
     }
     lines = [

@@ -28,7 +28,7 @@ from pathlib import Path
 from common import RESULTS, ROOT, commit, publish
 from mlflow import MlflowClient
 
-from sweep.hypermodel import STUDIES, load_study
+from sweep.studyfile import STUDIES, load_study
 from sweep.tracking import default_tracking_uri
 
 CELLS = RESULTS / "frontier_cells.json"

@@ -20,10 +20,9 @@ import time
 from pathlib import Path
 
 import psutil
+from common import RESULTS, commit, publish
 
-from common import RESULTS, commit, publish  # bench/common.py: puts the project on sys.path
-
-from tests.stores import finished, study_text, sweep_process  # noqa: E402
+from sweep.testing.stores import finished, study_text, sweep_process
 
 NAME = "memory"
 # The tests' tiny study, sized for short trials on real MNIST.

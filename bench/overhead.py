@@ -25,7 +25,8 @@ import keras
 
 from mnist_core.data import load_splits, resolve_source
 from sweep.cli import main as sweep_main
-from sweep.oracle import load_existing, open_storage
+from sweep.record import TrialRecord
+from sweep.storage import load_existing, open_storage
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STUDY = """
@@ -72,7 +73,7 @@ def sweep_trial(store: Path, study_file: Path, data_dir: str, number: int) -> tu
     command = time.perf_counter() - started
     assert code == 0
     trial = load_existing(open_storage(None, store), "overhead").trials[number]
-    return (trial.datetime_complete - trial.datetime_start).total_seconds(), trial.user_attrs["train_seconds"], command
+    return (trial.datetime_complete - trial.datetime_start).total_seconds(), TrialRecord.load(trial).train_seconds, command
 
 
 def main() -> None:

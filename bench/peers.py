@@ -49,7 +49,7 @@ from pathlib import Path
 
 from common import RESULTS, ROOT, commit, publish
 
-from sweep.hypermodel import STUDIES
+from sweep.studyfile import STUDIES
 
 CELLS = RESULTS / "peers_cells.json"
 WORK = ROOT / "bench" / "stores" / "peers"
@@ -116,7 +116,7 @@ def search(method: str, seed: int, work: Path, data_dir: str) -> None:
 
     from mnist_core.data import load_splits, make_dataset, resolve_source
     from mnist_core.trainer import build_run
-    from sweep.hypermodel import load_study
+    from sweep.studyfile import load_study
 
     spec = load_study(study_path(method, work))
     splits = load_splits(resolve_source(data_dir), spec.validation_fraction, spec.split_seed)
@@ -141,7 +141,7 @@ def search(method: str, seed: int, work: Path, data_dir: str) -> None:
     if method.startswith("kerastuner"):
         import keras_tuner as kt
 
-        from sweep.hypermodel import HYPERPARAMETERS
+        from sweep.studyfile import HYPERPARAMETERS
 
         def hp_values(hp) -> dict:
             values = {}
@@ -149,7 +149,7 @@ def search(method: str, seed: int, work: Path, data_dir: str) -> None:
                 sampling = "log" if p.log else "linear"
                 if p.choices is not None:
                     values[p.name] = hp.Choice(p.name, list(p.choices))
-                elif HYPERPARAMETERS[p.name][0] is int:
+                elif HYPERPARAMETERS[p.name].kind is int:
                     values[p.name] = hp.Int(p.name, int(p.low), int(p.high), sampling=sampling)
                 else:
                     values[p.name] = hp.Float(p.name, p.low, p.high, sampling=sampling)
@@ -192,8 +192,8 @@ def ours_points(work: Path, name: str) -> list[dict]:
     """Our study's points, wall-clocked by the MLflow timestamps of each epoch's validation accuracy."""
     from mlflow import MlflowClient
 
-    from sweep.oracle import load_existing, open_storage
-    from sweep.points import trial_points
+    from sweep.record import TrialRecord
+    from sweep.storage import load_existing, open_storage
     from sweep.tracking import default_tracking_uri
 
     store = work / "store"
@@ -201,11 +201,11 @@ def ours_points(work: Path, name: str) -> list[dict]:
     client = MlflowClient(default_tracking_uri(store))
     points = []
     for trial in study.get_trials(deepcopy=False):
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        if not run_id:
+        rec = TrialRecord.load(trial)
+        if not rec.mlflow_run_id:
             continue
-        walls = {m.step: m.timestamp / 1000 for m in client.get_metric_history(run_id, "val_accuracy")}
-        for p in trial_points(trial):
+        walls = {m.step: m.timestamp / 1000 for m in client.get_metric_history(rec.mlflow_run_id, "val_accuracy")}
+        for p in rec.points:
             if p.epoch in walls:
                     points.append({"wall": walls[p.epoch], "trial": str(trial.number), "epoch": p.epoch, "train_seconds": p.seconds,
                                "val_accuracy": p.val_accuracy, "values": trial.params})
@@ -218,7 +218,7 @@ def winner_test(method: str, seed: int, work: Path, data_dir: str, points: list[
         from mlflow import MlflowClient
 
         from sweep.cli import main as sweep_main
-        from sweep.hypermodel import load_study
+        from sweep.studyfile import load_study
         from sweep.tracking import default_tracking_uri
 
         study = study_path(method, work)
@@ -232,7 +232,7 @@ def winner_test(method: str, seed: int, work: Path, data_dir: str, points: list[
     from mnist_core.data import load_splits, resolve_source
     from mnist_core.evaluate import evaluate_test
     from mnist_core.trainer import train
-    from sweep.hypermodel import load_study
+    from sweep.studyfile import load_study
 
     best = max(points, key=lambda p: (p["val_accuracy"], -p["train_seconds"]))
     spec = load_study(study_path(method, work))
@@ -279,7 +279,7 @@ def cell(method: str, seed: int, minutes: float, data_dir: str) -> dict:
         stopped = f"killed {GRACE:g} s after its budget"
     ended = time.time()
     if method.startswith("ours"):
-        from sweep.hypermodel import load_study
+        from sweep.studyfile import load_study
 
         points = ours_points(work, load_study(study).name)
     else:
@@ -302,7 +302,7 @@ def cell(method: str, seed: int, minutes: float, data_dir: str) -> dict:
 def curve_hypervolume(curve: list[list[float]], min_accuracy: float) -> float:
     """Hypervolume of a cell's (wall, training seconds, validation accuracy) points with the reference point
     (`min_accuracy`, REFERENCE_SECONDS)."""
-    from sweep.report import hypervolume
+    from sweep.points import hypervolume
 
     return hypervolume([p[2] for p in curve], [p[1] for p in curve], REFERENCE_SECONDS, min_accuracy)
 

@@ -23,12 +23,11 @@ from pathlib import Path
 
 import optuna
 import psutil
+from common import RESULTS, ROOT
 from optuna.trial import TrialState
 
-from common import RESULTS, ROOT  # bench/common.py: puts the project on sys.path
-
-from sweep.oracle import FINISHED  # noqa: E402
-from tests.stores import finished, load, runs, study_text, sweep_process, training_trial, wait_for  # noqa: E402
+from sweep.record import FINISHED, TrialRecord
+from sweep.testing.stores import finished, load, runs, study_text, sweep_process, training_trial, wait_for
 
 NAME = "faults"
 # The tests' tiny study, sized for real MNIST.
@@ -69,7 +68,7 @@ class Store:
         return len(self.study().get_trials(states=(TrialState.RUNNING,))), sum(r.info.status == "RUNNING" for r in all_runs)
 
     def retried(self) -> int:
-        return sum("retry_of" in t.user_attrs for t in self.study().trials)
+        return sum(TrialRecord.load(t).retry_of is not None for t in self.study().trials)
 
 
 def outcome(store: Store, fault: str, injected: int, asked: int, before: dict[int, tuple], **extra) -> dict:
@@ -112,7 +111,7 @@ def four_processes(store: Store) -> dict:
     outputs = [p.communicate()[0] for p in processes]
     locked = sum("database is locked" in out for out in outputs)
     crashed = sum(p.returncode != 0 for p in processes)
-    pids = {t.user_attrs["pid"] for t in store.study().get_trials(states=FINISHED)}
+    pids = {TrialRecord.load(t).pid for t in store.study().get_trials(states=FINISHED)}
     return outcome(store, "4 independent `sweep run` processes, one study", 0, 12, {}, crashed=crashed,
                    database_locked=locked, processes_that_trained=len(pids))
 
@@ -121,7 +120,7 @@ def killed_worker(store: Store) -> dict:
     process = store.start(8, "--workers", "2")
     victim = wait_for(lambda: len(store.finished()) >= 2 and store.training(not_pid=process.pid), process, seconds=600)
     before = store.finished()
-    os.kill(victim.user_attrs["pid"], signal.SIGKILL)
+    os.kill(TrialRecord.load(victim).pid, signal.SIGKILL)
     out, _ = process.communicate()
     return outcome(store, "`--workers 2`, one worker SIGKILLed (as the OOM killer does)", 1, 8, before,
                    exit_code=process.returncode, replaced="starting a new worker" in out)

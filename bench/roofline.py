@@ -105,7 +105,7 @@ def _adam_seconds(shapes: list[tuple[int, ...]], dispatch: dict[bool, float]) ->
 def ceiling(depth: int, width: int, batch: int, flops: float, dispatch: dict[bool, float]) -> dict:
     """The fastest epoch of a depth x width net at this batch from its pieces, and the fraction of the FLOP
     bound it would reach."""
-    from mnist_core.data import NUM_CLASSES
+    from mnist_core.digits import NUM_CLASSES
     from mnist_core.model import MLPConfig, param_count
     from mnist_core.trainer import _Loop
 

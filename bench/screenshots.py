@@ -15,12 +15,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT  # bench/common.py: puts the project on sys.path
+from common import ROOT
 
-from sweep.tracking import PARENT_ATTR  # noqa: E402
-from tests.servers import free_port, serving  # noqa: E402
-from tests.stores import load, runs  # noqa: E402
-from tests.test_browser import CHROMIUM  # noqa: E402
+from sweep.testing.servers import CHROMIUM, free_port, serving
+from sweep.testing.stores import load, runs
+from sweep.tracking import PARENT_ATTR
 
 DOCS = ROOT / "docs"
 

@@ -23,8 +23,8 @@ from common import RESULTS, commit, train_with_fit
 from mnist_core.data import Source, load_splits, resolve_source
 from mnist_core.evaluate import evaluate_test
 from mnist_core.trainer import Budget, TrainResult, train
-from sweep.hypermodel import STUDIES, load_study
 from sweep.report import SEED_REFERENCE
+from sweep.studyfile import STUDIES, load_study
 
 SEED_STUDY = STUDIES / "seed.toml"
 

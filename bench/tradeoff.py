@@ -18,15 +18,16 @@ import time
 from pathlib import Path
 
 import keras
+from seed import train_seed  # bench/seed.py: this script's folder is on sys.path
 
 from mnist_core.data import load_splits, resolve_source
 from mnist_core.evaluate import evaluate_test
-from seed import train_seed  # bench/seed.py: this script's folder is on sys.path
 from sweep.best import retrain
 from sweep.cli import main as sweep_main
-from sweep.hypermodel import load_study
-from sweep.oracle import load_existing, open_storage
+from sweep.record import TrialRecord
 from sweep.report import plot_tradeoff, points_frame, trials_frame
+from sweep.storage import load_existing, open_storage
+from sweep.studyfile import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -73,7 +74,7 @@ def main() -> None:
     checked = []
     for _, row in front[front["train_seconds"] <= limit].iterrows():
         trial = study.trials[int(row["trial"])]
-        result = retrain(spec, trial, splits, int(trial.user_attrs["best_epoch"]))
+        result = retrain(spec, trial, splits, TrialRecord.load(trial).best_epoch)
         test = evaluate_test(result.model, source)
         result.model = None
         keras.backend.clear_session()

@@ -16,9 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, commit, publish  # bench/common.py: puts the project on sys.path
+from common import ROOT, commit, publish
 
-from tests.stores import load  # noqa: E402
+from sweep.record import TrialRecord
+from sweep.testing.stores import load
 
 
 def main() -> None:
@@ -38,7 +39,7 @@ def main() -> None:
         if done.returncode:
             sys.exit(f"sweep failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
         trials = sorted(load(Path(store), "tradeoff").trials, key=lambda t: t.number)
-    first = [t for t in trials if "retry_of" not in t.user_attrs][: args.trials]
+    first = [t for t in trials if TrialRecord.load(t).retry_of is None][: args.trials]
     seen: dict[tuple, int] = {}
     duplicates = []
     for trial in first:
@@ -47,9 +48,9 @@ def main() -> None:
             duplicates.append([seen[key], trial.number])
         seen.setdefault(key, trial.number)
     rows = [
-        {"number": t.number, "state": t.state.name, "worker_pid": t.user_attrs.get("pid"), "params": t.params,
-         "best_val_accuracy": t.user_attrs.get("best_val_accuracy"), "train_seconds": t.user_attrs.get("train_seconds")}
-        for t in first
+        {"number": t.number, "state": t.state.name, "worker_pid": r.pid, "params": t.params,
+         "best_val_accuracy": r.best_val_accuracy, "train_seconds": r.train_seconds}
+        for t, r in ((t, TrialRecord.load(t)) for t in first)
     ]
     result = {
         "command": command, "commit": commit(), "machine": f"{os.cpu_count()} CPU cores, TensorFlow backend, real MNIST",

@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from mnist_core.data import IMAGE_SHAPE
+from mnist_core.digits import IMAGE_SHAPE
+from mnist_core.schema import bounded, check_fields
 
 
 @dataclass(frozen=True)
@@ -21,20 +22,14 @@ class Augmentation:
     """How far each training image may move: `translate` (fraction of the side), `rotate` (degrees),
     `scale` (relative zoom), `elastic` (displacement scale in pixels; 0 is off), `elastic_sigma` (pixels)."""
 
-    translate: float = 0.0
-    rotate: float = 0.0
-    scale: float = 0.0
-    elastic: float = 0.0
-    elastic_sigma: float = 4.0
+    translate: float = bounded(0.0, float, 0.0, 0.5)
+    rotate: float = bounded(0.0, float, 0.0, 180.0)
+    scale: float = bounded(0.0, float, 0.0, 0.5)
+    elastic: float = bounded(0.0, float, 0.0, 100.0)
+    elastic_sigma: float = bounded(4.0, float, 0.5, 14.0)
 
     def __post_init__(self) -> None:
-        limits = {"translate": 0.5, "rotate": 180.0, "scale": 0.5, "elastic": 100.0}
-        for name, high in limits.items():
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= high):
-                raise ValueError(f"{name} must be a number in [0, {high:g}], got {value!r}")
-        if not (isinstance(self.elastic_sigma, (int, float)) and 0.5 <= self.elastic_sigma <= 14.0):
-            raise ValueError(f"elastic_sigma must be a number in [0.5, 14] pixels, got {self.elastic_sigma!r}")
+        check_fields(self)
 
     @property
     def enabled(self) -> bool:

@@ -20,8 +20,9 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-IMAGE_SHAPE = (28, 28)
-NUM_CLASSES = 10
+from mnist_core.augment import Augmentation, augment_batch
+from mnist_core.digits import IMAGE_SHAPE, NUM_CLASSES
+
 DATA_DIR_ENV = "MNIST_DATA_DIR"
 TFDS_HOST = "storage.googleapis.com"  # where tensorflow-datasets downloads MNIST from
 Split = Literal["train", "test"]
@@ -228,7 +229,7 @@ def scale_pixels(images):
     return tf.cast(images, tf.float32) / 255.0
 
 
-def make_dataset(arrays: Arrays, batch_size: int, shuffle_seed: int | None = None, augmentation=None):
+def make_dataset(arrays: Arrays, batch_size: int, shuffle_seed: int | None = None, augmentation: Augmentation | None = None):
     """A tf.data pipeline: reshuffle each epoch (if seeded), batch, scale each batch, prefetch. For Keras'
     own loops (`Model.evaluate` on the test set, `predict`, the peers' `Model.fit`); `mnist_core.trainer`
     gathers its batches from resident tensors instead.
@@ -247,8 +248,6 @@ def make_dataset(arrays: Arrays, batch_size: int, shuffle_seed: int | None = Non
         dataset = dataset.shuffle(len(arrays), seed=shuffle_seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size).map(lambda x, y: (scale_pixels(x), y))
     if augmentation is not None and augmentation.enabled:
-        from mnist_core.augment import augment_batch
-
         if shuffle_seed is None:
             raise ValueError("augmentation needs a seed: it is drawn from shuffle_seed")
         seeds = tf.data.Dataset.random(seed=shuffle_seed, rerandomize_each_iteration=True).batch(2)

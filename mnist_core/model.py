@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import keras
 
-from mnist_core.data import IMAGE_SHAPE, NUM_CLASSES
+from mnist_core.digits import IMAGE_SHAPE, NUM_CLASSES
+from mnist_core.schema import bounded, bounds, check_fields
 
 
 class _FusedAdamUpdate:
@@ -62,61 +63,44 @@ MAX_CROP = 4
 
 @dataclass(frozen=True)
 class MLPConfig:
-    """Architecture and optimiser of one MLP. `width` is one width for all layers or one per layer."""
+    """Architecture and optimiser of one MLP. `width` is one width for all layers or one per layer.
+    Each field's bound is its metadata (`mnist_core/schema.py`): the study files' ranges come from there."""
 
-    depth: int = 5
-    width: int | tuple[int, ...] = 2000
-    activation: str = "relu"
-    dropout: float = 0.0
-    batch_norm: bool = False
-    optimizer: str = "adam"
-    learning_rate: float = 1e-3
+    depth: int = bounded(5, int, 1, 64)
+    width: int | tuple[int, ...] = bounded(2000, int, 1, 65_536)  # per layer
+    activation: str = bounded("relu", str, choices=ACTIVATIONS)
+    dropout: float = bounded(0.0, float, 0.0, 1.0, high_open=True)
+    batch_norm: bool = bounded(False, bool, choices=(False, True))
+    optimizer: str = bounded("adam", str, choices=tuple(OPTIMIZERS))
+    learning_rate: float = bounded(1e-3, float, 0.0, None, low_open=True)
     # The recipe: a schedule (with a linear warm-up over `warmup_fraction` of the planned steps), decoupled
     # weight decay (AdamW's; biases and batch-norm scales are exempt), label smoothing, and dropout on the
     # input pixels apart from `dropout` on the hidden layers.
-    lr_schedule: str = "constant"
-    warmup_fraction: float = 0.0
-    final_lr_fraction: float = 0.0
-    weight_decay: float = 0.0
-    label_smoothing: float = 0.0
-    input_dropout: float = 0.0
+    lr_schedule: str = bounded("constant", str, choices=SCHEDULES)
+    warmup_fraction: float = bounded(0.0, float, 0.0, 0.5)
+    final_lr_fraction: float = bounded(0.0, float, 0.0, 1.0)
+    weight_decay: float = bounded(0.0, float, 0.0, 1.0)
+    label_smoothing: float = bounded(0.0, float, 0.0, 0.5)
+    input_dropout: float = bounded(0.0, float, 0.0, 0.9)
     # Pixels cut from each border of the 28 x 28 image before the first layer. MNIST's digits are centred in
     # a 20 x 20 box, so a 2-pixel border holds a fraction of a percent of the ink but a quarter of the first
     # layer's weights: the first layer, most of a shallow net's arithmetic, shrinks by that much.
-    input_crop: int = 0
+    input_crop: int = bounded(0, int, 0, MAX_CROP)
     # XLA: True or False; None lets the trainer decide per run (on where the run is long enough to repay
     # compiling, bench/results/backends.md). `build_mlp` builds None as plain TensorFlow.
-    jit_compile: bool | None = None
+    jit_compile: bool | None = bounded(None, bool, choices=(False, True), optional=True)
 
     def __post_init__(self) -> None:
-        if isinstance(self.depth, bool) or not isinstance(self.depth, int) or self.depth < 1:
-            raise ValueError(f"depth must be an integer >= 1, got {self.depth!r}")
+        check_fields(self, skip=("width",))
         if isinstance(self.width, list):
             object.__setattr__(self, "width", tuple(self.width))  # lists from TOML/JSON hash too
-        if not isinstance(self.width, (int, tuple)):
+        if isinstance(self.width, bool) or not isinstance(self.width, (int, tuple)):
             raise ValueError(f"width must be an integer or a list of integers, got {self.width!r}")
         widths = self.widths
         if len(widths) != self.depth:
             raise ValueError(f"width lists {len(widths)} layers but depth is {self.depth}")
-        if any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
-            raise ValueError(f"widths must be integers >= 1, got {self.width!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate!r}")
-        if self.lr_schedule not in SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}")
-        for name, high in (("warmup_fraction", 0.5), ("final_lr_fraction", 1.0), ("weight_decay", 1.0),
-                           ("label_smoothing", 0.5), ("input_dropout", 0.9)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= high:
-                raise ValueError(f"{name} must be a number in [0, {high:g}], got {value!r}")
-        if isinstance(self.input_crop, bool) or not isinstance(self.input_crop, int) or not 0 <= self.input_crop <= MAX_CROP:
-            raise ValueError(f"input_crop must be an integer in [0, {MAX_CROP}], got {self.input_crop!r}")
+        for width in widths:
+            bounds(MLPConfig)["width"].check("widths", width)
 
     @property
     def inputs(self) -> int:

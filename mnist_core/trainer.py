@@ -16,9 +16,10 @@ from typing import Callable, Literal
 import keras
 import numpy as np
 
-from mnist_core.augment import Augmentation
-from mnist_core.data import Arrays, Splits
+from mnist_core.augment import Augmentation, augment_batch
+from mnist_core.data import Arrays, Splits, scale_pixels
 from mnist_core.model import MLPConfig, build_mlp, param_count
+from mnist_core.schema import bounded, check_fields
 
 # Wall clock; a module attribute so tests can replace it with a fake one.
 clock = time.perf_counter
@@ -57,19 +58,17 @@ class TrainConfig:
     """
 
     model: MLPConfig
-    epochs: int = 10
-    batch_size: int = 100
+    epochs: int = bounded(10, int, 1)
+    batch_size: int = bounded(100, int, 1)
     seed: int = 0
-    steps_per_execution: int | None = None
+    steps_per_execution: int | None = None  # how often the run is checked: not a hyperparameter
     augmentation: Augmentation = Augmentation()
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "steps_per_execution"):
-            value = getattr(self, name)
-            if value is None and name == "steps_per_execution":
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        check_fields(self)
+        spe = self.steps_per_execution
+        if spe is not None and (isinstance(spe, bool) or not isinstance(spe, int) or spe < 1):
+            raise ValueError(f"steps_per_execution must be an integer >= 1, got {spe!r}")
         if not isinstance(self.augmentation, Augmentation):
             raise ValueError(f"augmentation must be an Augmentation, got {self.augmentation!r}")
 
@@ -254,9 +253,6 @@ class _Loop:
     def _run_batches(self, order, first, last, seed):
         import tensorflow as tf
 
-        from mnist_core.augment import augment_batch
-        from mnist_core.data import scale_pixels
-
         batch, augmentation = self.config.batch_size, self.config.augmentation
 
         def body(i):
@@ -276,8 +272,6 @@ class _Loop:
     def _evaluate(self):
         """Validation loss (mean over examples) and accuracy, in batches of EVAL_BATCH."""
         import tensorflow as tf
-
-        from mnist_core.data import scale_pixels
 
         n = tf.shape(self.val_labels)[0]
 
@@ -338,12 +332,10 @@ def train(
     by the budget is validated and recorded too (`partial`). The model is returned only with `keep_model`;
     otherwise its memory is released before returning. `verbose` prints a line per epoch.
     """
-    import tensorflow as tf
-
     keras.backend.clear_session(free_memory=False)  # the previous run has collected its garbage
     keras.utils.set_random_seed(config.seed)
     config, model = build_run(config, len(data.train))
-    n_train, steps_per_epoch = len(data.train), config.steps_per_epoch(len(data.train))
+    steps_per_epoch = config.steps_per_epoch(len(data.train))
     per_call = config.steps_per_execution or execution_steps(param_count(config.model), config.batch_size, steps_per_epoch)
     loop = _Loop(model, config, data)
     epochs: list[EpochStats] = []
@@ -352,37 +344,18 @@ def train(
     monitor = _Monitor(budget, steps_per_epoch, config.epochs)
     try:
         for epoch in range(1, config.epochs + 1):
-            epoch_start, order = clock(), epoch_order(config.seed, epoch, n_train)
-            seed = tf.constant(config.seed * 1_000_003 + epoch, tf.int64)  # augmentation seeds: (this, batch number)
-            first = 0
-            while first < steps_per_epoch and reason is None:
-                last = min(first + per_call, steps_per_epoch)
-                loss_sum = float(loop.run_batches(order, *(tf.constant(v, tf.int32) for v in (first, last)), seed))
-                reason = monitor.after_execution(last - first, loss_sum)
-                first = last
-            loss, accuracy, examples = loop.epoch_sums()
-            val_loss, val_accuracy = (float(v) for v in loop.evaluate())
-            stats = EpochStats(epoch, loss, accuracy, val_loss, val_accuracy, clock() - epoch_start, int(examples), reason is not None)
+            stats, reason = _epoch(loop, monitor, config, epoch, per_call, len(data.train))
             epochs.append(stats)
             if verbose:
-                print(f"epoch {epoch}/{config.epochs}: {stats.seconds:.1f} s, loss {loss:.4f}, accuracy {accuracy:.4f}, "
-                      f"val_loss {val_loss:.4f}, val_accuracy {val_accuracy:.4f}", flush=True)
+                print(f"epoch {epoch}/{config.epochs}: {stats.seconds:.1f} s, loss {stats.loss:.4f}, accuracy {stats.accuracy:.4f}, "
+                      f"val_loss {stats.val_loss:.4f}, val_accuracy {stats.val_accuracy:.4f}", flush=True)
             if reason is None and on_epoch is not None:
                 reason = on_epoch(stats) or None  # an empty reason is no reason to stop
             if reason:
                 break
-        seconds = clock() - started
         outcome: Outcome = "completed" if reason is None else "failed" if reason.startswith("nan_loss") else "stopped"
-        result = TrainResult(
-            config=config,
-            param_count=param_count(config.model),
-            epochs=epochs,
-            seconds=seconds,
-            outcome=outcome,
-            reason=reason,
-            model=model if keep_model else None,
-            step_seconds=monitor.step_seconds,
-        )
+        result = TrainResult(config=config, param_count=param_count(config.model), epochs=epochs, seconds=clock() - started,
+                             outcome=outcome, reason=reason, model=model if keep_model else None, step_seconds=monitor.step_seconds)
     finally:  # also when training raises (out of memory): the model goes either way
         del model, loop
         if not keep_model:
@@ -391,6 +364,25 @@ def train(
             keras.backend.clear_session(free_memory=True)
     return result
 
+
+def _epoch(loop: _Loop, monitor: _Monitor, config: TrainConfig, epoch: int, per_call: int, n_train: int) -> tuple[EpochStats, str | None]:
+    """Train one epoch in executions of `per_call` batches, checked after each, then validate: its stats
+    (`partial` if the monitor stopped it) and why the run must stop, if it must."""
+    import tensorflow as tf
+
+    steps_per_epoch = config.steps_per_epoch(n_train)
+    epoch_start, order = clock(), epoch_order(config.seed, epoch, n_train)
+    seed = tf.constant(config.seed * 1_000_003 + epoch, tf.int64)  # augmentation seeds: (this, batch number)
+    first, reason = 0, None
+    while first < steps_per_epoch and reason is None:
+        last = min(first + per_call, steps_per_epoch)
+        loss_sum = float(loop.run_batches(order, *(tf.constant(v, tf.int32) for v in (first, last)), seed))
+        reason = monitor.after_execution(last - first, loss_sum)
+        first = last
+    loss, accuracy, examples = loop.epoch_sums()
+    val_loss, val_accuracy = (float(v) for v in loop.evaluate())
+    stats = EpochStats(epoch, loss, accuracy, val_loss, val_accuracy, clock() - epoch_start, int(examples), reason is not None)
+    return stats, reason
 
 def warm_up(data: Splits) -> None:
     """Pay a fresh process's one-off costs (TensorFlow's thread pools, first kernels and traces) on a

@@ -15,9 +15,11 @@ from optuna.trial import FrozenTrial
 from mnist_core.data import Source, Splits, scale_pixels
 from mnist_core.evaluate import evaluate_test
 from mnist_core.trainer import TrainResult, train, warm_up
-from sweep.hypermodel import StudySpec
-from sweep.points import Point, study_points
-from sweep.tracking import PARENT_ATTR, Tracker, config_params, fluent_tracking, manifest
+from sweep.context import Options, load_data, open_study, open_tracker
+from sweep.points import study_points
+from sweep.record import Point, TrialRecord
+from sweep.studyfile import StudySpec
+from sweep.tracking import PARENT_ATTR, Tracker, fluent_tracking
 
 
 class SelectionError(Exception):
@@ -50,9 +52,10 @@ def select_point(study: optuna.Study, max_train_seconds: float | None = None) ->
 def retrain(spec: StudySpec, trial: FrozenTrial, splits: Splits, epoch: int) -> TrainResult:
     """The trial's configuration and seed, trained as planned and stopped after `epoch`: the learning-rate
     schedule runs over the trial's planned epochs, so the weights are the trial's at that epoch (on CPU)."""
-    config = spec.config_for(optuna.trial.FixedTrial(trial.params), seed=trial.user_attrs["seed"])
-    if "jit_compile" in trial.user_attrs:  # the path the trial ran on (XLA or not), not one chosen anew
-        config = dataclasses.replace(config, model=dataclasses.replace(config.model, jit_compile=trial.user_attrs["jit_compile"]))
+    rec = TrialRecord.load(trial)
+    config = spec.config_for(optuna.trial.FixedTrial(trial.params), seed=rec.seed)
+    if rec.jit_compile is not None:  # the path the trial ran on (XLA or not), not one chosen anew
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, jit_compile=rec.jit_compile))
     warm_up(splits)  # timed like the trial it repeats: the sweep timed it in a warm process
     return train(config, splits, on_epoch=lambda e: f"epoch {epoch} reached" if e.epoch >= epoch else None, keep_model=True, verbose=2)
 
@@ -76,10 +79,8 @@ def log_best(
     run_id = tracker.start_run(
         f"best-trial-{trial.number}", study.user_attrs.get(PARENT_ATTR), {"optuna.trial_number": str(trial.number), "role": "best"}
     )
-    tracker.log_params(run_id, config_params(result.config))
-    tracker.log_dataset(run_id, splits)
+    tracker.describe_run(run_id, result.config, splits, trial_number=trial.number)
     tracker.log_metrics(run_id, {"best_val_accuracy": result.best_epoch.val_accuracy, "train_seconds": result.seconds, **test})
-    tracker.log_dict(run_id, manifest(result.config.seed, splits.source, splits.checksum, trial_number=trial.number), "manifest.json")
     model_path.parent.mkdir(parents=True, exist_ok=True)
     result.model.save(model_path)
     sample = scale_pixels(splits.val.images[:8]).numpy()
@@ -90,7 +91,7 @@ def log_best(
         info = mlflow.keras.log_model(
             result.model, name="model", signature=signature, pip_requirements=requirements, registered_model_name=name,
         )
-    trial_run = trial.user_attrs.get("mlflow_run_id")
+    trial_run = TrialRecord.load(trial).mlflow_run_id
     tracker.describe_model_version(
         name,
         info.registered_model_version,
@@ -107,3 +108,24 @@ def log_best(
     )
     tracker.end_run(run_id, "FINISHED")
     return test
+
+
+def run_best(options: Options, max_train_seconds: float | None, model_path: Path | None) -> int:
+    """`sweep best`: select on validation, retrain, test once, save and register; print what and where."""
+    spec, study = open_study(options, create=False)
+    trial, point = select_point(study, max_train_seconds)
+    source, splits = load_data(options, spec)
+    rec = TrialRecord.load(trial)
+    print(f"retraining trial {trial.number} ({trial.params}) for {point.epoch} of its {rec.epochs or '?'} epoch(s), "
+          f"seed {rec.seed} (its epoch {point.epoch}: val accuracy {point.val_accuracy:.4f} after {point.seconds:.1f} s)", flush=True)
+    result = retrain(spec, trial, splits, point.epoch)
+    path = model_path or options.store / "models" / model_name(study.study_name, max_train_seconds)
+    test = log_best(open_tracker(options, study), options.tracking, study, trial, result, splits, source, path,
+                    selection_rule(max_train_seconds))
+    print(f"trial {trial.number}, epoch {point.epoch}: val accuracy {result.epochs[-1].val_accuracy:.4f} "
+          f"(sweep: {point.val_accuracy:.4f}), test accuracy {test['test_accuracy']:.4f}, "
+          f"test loss {test['test_loss']:.4f}, trained in {result.seconds:.1f} s")
+    print(f"saved {path}; registered in MLflow as mnist-{study.study_name}")
+    if model_path is None and max_train_seconds is not None:
+        print(f"classify images with it: python -m sweep predict --model {path} IMAGE...")
+    return 0

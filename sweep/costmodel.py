@@ -26,7 +26,7 @@ import numpy as np
 import optuna
 
 from mnist_core.trainer import NOMINAL_RATE, STEP_OVERHEAD_SECONDS
-from sweep.record import FINISHED
+from sweep.record import FINISHED, TrialRecord, records
 
 # A fitted trial whose relative residual exceeds this is left out of the refit.
 OUTLIER = 0.5
@@ -74,22 +74,21 @@ def _fit(features: np.ndarray, seconds: np.ndarray) -> np.ndarray:
     return best
 
 
-def _row(attrs: dict, examples: int) -> tuple[float, float, float, float] | None:
+def _row(rec: TrialRecord, examples: int) -> tuple[float, float, float, float] | None:
     """(batches per epoch, parameter-examples, seconds per epoch, first-epoch seconds or NaN) of one trial."""
-    if not attrs.get("batch_size") or not attrs.get("param_count"):
+    if not rec.batch_size or not rec.param_count:
         return None
-    batches, work = math.ceil(examples / attrs["batch_size"]), attrs["param_count"] * examples
-    if attrs.get("steady_epochs", 0) >= 1:
-        return batches, work, attrs["seconds_per_epoch"], attrs["warmup_seconds"]
-    if attrs.get("step_seconds"):  # cut inside its first epoch: its timed batches are its epoch's pace
-        return batches, work, attrs["step_seconds"] * batches, math.nan
+    batches, work = math.ceil(examples / rec.batch_size), rec.param_count * examples
+    if (rec.steady_epochs or 0) >= 1:
+        return batches, work, rec.seconds_per_epoch, rec.warmup_seconds
+    if rec.step_seconds:  # cut inside its first epoch: its timed batches are its epoch's pace
+        return batches, work, rec.step_seconds * batches, math.nan
     return None
 
 
 def fit(study: optuna.Study, examples: int) -> CostModel:
     """The cost model of `study`'s finished trials that timed a steady epoch or their batches, on `examples`."""
-    rows = [row for trial in study.get_trials(deepcopy=False, states=FINISHED)
-            if (row := _row(trial.user_attrs, examples)) is not None]
+    rows = [row for rec in records(study, FINISHED) if (row := _row(rec, examples)) is not None]
     if not rows:
         return PRIOR
     table = np.array(rows, dtype=float)

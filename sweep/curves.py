@@ -19,9 +19,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep.hypermodel import StudySpec
-from sweep.record import FINISHED
-from sweep.points import curve_of
+from sweep import optuna_private
+from sweep.record import FINISHED, TrialRecord
+from sweep.studyfile import StudySpec
 
 DERIVED_ATTR = "derived_from_epoch"
 
@@ -33,7 +33,7 @@ def epoch_trials(spec: StudySpec, trial: FrozenTrial) -> list[FrozenTrial]:
         return []
     if not spec.config_for(optuna.trial.FixedTrial(trial.params), seed=0).epochs_are_runs:
         return []
-    curve = curve_of(trial)
+    curve = TrialRecord.load(trial).curve or ()
     # A complete trial's last epoch is the trial itself; every full epoch of a stopped one is new.
     last = min(len(curve), trial.params["epochs"] - 1) if trial.state == TrialState.COMPLETE else len(curve)
     derived, best = [], -math.inf
@@ -64,13 +64,13 @@ class CurveView:
         return getattr(self._study, name)
 
     def _epochs(self, use_cache: bool) -> list[FrozenTrial]:
-        for trial in self._study._get_trials(deepcopy=False, states=FINISHED, use_cache=use_cache):
+        for trial in optuna_private.get_trials(self._study, deepcopy=False, states=FINISHED, use_cache=use_cache):
             if trial.number not in self._derived:
                 self._derived[trial.number] = epoch_trials(self._spec, trial)
         return [t for derived in self._derived.values() for t in derived]
 
     def _get_trials(self, deepcopy: bool = True, states=None, use_cache: bool = False) -> list[FrozenTrial]:
-        trials = self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
+        trials = optuna_private.get_trials(self._study, deepcopy=deepcopy, states=states, use_cache=use_cache)
         if states is None or TrialState.COMPLETE in states:
             trials = trials + self._epochs(use_cache)
         return trials

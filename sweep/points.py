@@ -2,58 +2,23 @@
 (warm-up included) and scored its validation accuracy. The front, `best --max-train-seconds` and dominance
 pruning work on these (trial, epoch) points rather than on one point per trial.
 
-A trial keeps its curve in the user attribute `curve`: [[cumulative seconds, validation accuracy], ...] for
+A trial keeps its curve in its record (`sweep/record.py`): [[cumulative seconds, validation accuracy], ...] for
 its full epochs (an epoch cut short by the budget is no model a retrain can reproduce, so it is not a point).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import optuna
-from optuna.trial import FrozenTrial, TrialState
 
-from sweep.record import FINISHED
-
-CURVE_ATTR = "curve"
-
-
-@dataclass(frozen=True)
-class Point:
-    trial: int
-    epoch: int  # 1-based
-    seconds: float  # training seconds up to the end of this epoch, warm-up included
-    val_accuracy: float
-
-
-def curve_of(trial: FrozenTrial) -> list[tuple[float, float]]:
-    """(cumulative seconds, validation accuracy) per full epoch; empty for a trial stored without a curve."""
-    if CURVE_ATTR in trial.user_attrs:
-        return [(float(s), float(a)) for s, a in trial.user_attrs[CURVE_ATTR]]
-    return []
-
-
-def trial_points(trial: FrozenTrial) -> list[Point]:
-    """The trial's points; a complete trial stored before curves were kept gives its scored epoch alone."""
-    attrs = trial.user_attrs
-    if CURVE_ATTR not in attrs:
-        if trial.state == TrialState.COMPLETE and attrs.get("best_val_accuracy") is not None:
-            return [Point(trial.number, int(attrs["best_epoch"]), float(attrs["train_seconds"]), float(attrs["best_val_accuracy"]))]
-        return []
-    return [Point(trial.number, epoch, s, a) for epoch, (s, a) in enumerate(curve_of(trial), start=1) if math.isfinite(a)]
-
-
-def trained(trial: FrozenTrial) -> bool:
-    """Whether a finished trial trained at least one full epoch, that is, has a point: what `--trials N` counts.
-    One skipped before training, or cut inside its first epoch, is recorded but did not train."""
-    return trial.state in FINISHED and bool(trial_points(trial))
+from sweep.record import FINISHED, Point, records
 
 
 def study_points(study: optuna.Study) -> list[Point]:
     """All (trial, epoch) points of the study's finished trials, complete or pruned."""
-    return [p for t in study.get_trials(deepcopy=False, states=FINISHED) for p in trial_points(t)]
+    return [p for r in records(study, FINISHED) for p in r.points]
 
 
 def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
@@ -84,3 +49,17 @@ def front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     seconds, accuracy = np.array(points, float).reshape(-1, 2).T
     mask = pareto_mask(accuracy, seconds)
     return sorted(set(zip(seconds[mask].tolist(), accuracy[mask].tolist())))
+
+
+def hypervolume(accuracy: np.ndarray, seconds: np.ndarray, max_seconds: float, min_accuracy: float = 0.0) -> float:
+    """Area dominated by the (accuracy, seconds) points within the reference point (`min_accuracy`, `max_seconds`).
+
+    One number for a whole front that grows when any point moves up (more accurate) or left (faster).
+    """
+    accuracy, seconds = np.asarray(accuracy, float), np.asarray(seconds, float)
+    inside = pareto_mask(accuracy, seconds) & (seconds < max_seconds) & (accuracy > min_accuracy)
+    area, below = 0.0, min_accuracy
+    for a, s in sorted(zip(accuracy[inside], seconds[inside])):  # along the front: slower as it gets more accurate
+        area += (a - below) * (max_seconds - s)
+        below = a
+    return area

@@ -10,9 +10,10 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from sweep.hypermodel import STUDIES
-from sweep.oracle import tally
+from sweep.context import CommandError, Options, open_study, open_tracker
 from sweep.points import pareto_mask, study_points
+from sweep.record import TrialRecord
+from sweep.studyfile import STUDIES
 from sweep.tracking import PARENT_ATTR, SUMMARY_METRICS, Tracker
 
 # Columns the printed table leaves to the CSV.
@@ -33,48 +34,13 @@ def seed_reference(path: Path = SEED_REFERENCE) -> tuple[str, float, float] | No
         return None
 
 
-def hypervolume(accuracy: np.ndarray, seconds: np.ndarray, max_seconds: float, min_accuracy: float = 0.0) -> float:
-    """Area dominated by the (accuracy, seconds) points within the reference point (`min_accuracy`, `max_seconds`).
-
-    One number for a whole front that grows when any point moves up (more accurate) or left (faster).
-    """
-    accuracy, seconds = np.asarray(accuracy, float), np.asarray(seconds, float)
-    inside = pareto_mask(accuracy, seconds) & (seconds < max_seconds) & (accuracy > min_accuracy)
-    area, below = 0.0, min_accuracy
-    for a, s in sorted(zip(accuracy[inside], seconds[inside])):  # along the front: slower as it gets more accurate
-        area += (a - below) * (max_seconds - s)
-        below = a
-    return area
-
-
-def progress(study: optuna.Study, max_seconds: float) -> dict[str, float]:
-    """How a study stands: best score so far, trials by outcome, the accuracy-vs-time front and its cost."""
-    points = study_points(study)  # every epoch of every finished trial
-    accuracy = np.array([p.val_accuracy for p in points])
-    seconds = np.array([p.seconds for p in points])
-    counts = tally(study)  # as the sweep's final line counts them
-    return {
-        "best_val_accuracy": float(accuracy.max()) if len(points) else None,
-        "trials_complete": counts.complete,
-        "trials_pruned": counts.pruned,
-        "trials_skipped": counts.skipped,
-        "trials_failed": counts.failed,
-        "front_size": int(pareto_mask(accuracy, seconds).sum()),
-        "hypervolume": hypervolume(accuracy, seconds, max_seconds),
-        "total_train_seconds": sum(t.user_attrs.get("train_seconds") or 0.0 for t in study.get_trials(deepcopy=False)),
-    }
-
-
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial: state, params, score and costs; `pareto` marks the accuracy-vs-time front."""
     rows = []
     for trial in study.get_trials(deepcopy=False):
-        row = {"trial": trial.number, "state": trial.state.name}
-        row.update(trial.params)
-        row.update({m: trial.user_attrs.get(m) for m in SUMMARY_METRICS})
-        row["predicted_seconds"] = trial.user_attrs.get("predicted_seconds")
-        row["reason"] = trial.user_attrs.get("reason")
-        row["mlflow_run_id"] = trial.user_attrs.get("mlflow_run_id")
+        rec = TrialRecord.load(trial)
+        row = {"trial": trial.number, "state": trial.state.name, **trial.params}
+        row.update({m: getattr(rec, m) for m in (*SUMMARY_METRICS, "predicted_seconds", "reason", "mlflow_run_id")})
         rows.append(row)
     frame = pd.DataFrame(rows)
     if frame.empty:
@@ -170,3 +136,15 @@ def table(frame: pd.DataFrame) -> str:
     columns = [c for c in frame.columns if c not in CSV_ONLY]
     with pd.option_context("display.max_rows", 200, "display.width", 200, "display.float_format", "{:.4g}".format):
         return frame[columns].to_string(index=False)
+
+
+def run_report(options: Options, out: Path | None) -> int:
+    """`sweep report`: print the table and write the CSVs and the chart (also to the parent run)."""
+    _, study = open_study(options, create=False)
+    if not study.trials:
+        raise CommandError(f"study {study.study_name!r} has no trials yet")
+    frame, csv_path, chart = write_report(study, (out or options.report_dir) / study.study_name, open_tracker(options, study))
+    print(table(frame))
+    print(f"\nwrote {csv_path}, {csv_path.with_name('points.csv')} (every epoch of every trial) and {chart} "
+          "(Pareto set: pareto=True)")
+    return 0

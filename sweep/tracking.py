@@ -251,6 +251,13 @@ class Tracker:
         inputs = [DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])]
         _twice(lambda: self.client.log_inputs(run_id, datasets=inputs))
 
+    def describe_run(self, run_id: str, config: TrainConfig, splits: Splits, **manifest_extra: Any) -> None:
+        """What a run trained: its config as params, its data as a dataset input, and a `manifest.json`
+        (seed, data and checksum, code and package versions, plus `manifest_extra`). Trials and `best` alike."""
+        self.log_params(run_id, config_params(config))
+        self.log_dataset(run_id, splits)
+        self.log_dict(run_id, manifest(config.seed, splits.source, splits.checksum, **manifest_extra), "manifest.json")
+
     def log_dict(self, run_id: str, data: dict[str, Any], name: str) -> None:
         self.client.log_dict(run_id, data, name)
 

@@ -20,7 +20,9 @@ from typing import Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from sweep import optuna_private, record
 from sweep.processes import alive, interruptible
+from sweep.record import TrialRecord
 from sweep.tracking import Tracker
 
 HEARTBEAT_SECONDS = 20.0
@@ -30,9 +32,7 @@ HOST = socket.gethostname()
 
 def own(trial: optuna.Trial) -> None:
     """Record which process runs `trial`, so a restart can tell a live trial from a dead one."""
-    trial.set_user_attr("host", HOST)
-    trial.set_user_attr("pid", os.getpid())
-    trial.set_user_attr("heartbeat", time.time())
+    record.save(trial, host=HOST, pid=os.getpid(), heartbeat=time.time())
 
 
 class Heartbeat:
@@ -46,7 +46,7 @@ class Heartbeat:
     def _beat(self) -> None:
         while not self._stop.wait(self._interval):
             try:
-                self._trial.set_user_attr("heartbeat", time.time())
+                record.save(self._trial, heartbeat=time.time())
             except Exception:  # the storage is briefly unreachable: the next beat tries again
                 pass
 
@@ -61,30 +61,29 @@ class Heartbeat:
 
 def stale_reason(trial: FrozenTrial, now: float | None = None) -> str | None:
     """Why a RUNNING trial's worker is gone (its process died, or its heartbeat stopped), else None."""
-    attrs = trial.user_attrs
-    if attrs.get("host") == HOST and attrs.get("pid") is not None:
-        if attrs["pid"] == os.getpid():  # only called between trials: this process runs none now
+    rec = TrialRecord.load(trial)
+    if rec.host == HOST and rec.pid is not None:
+        if rec.pid == os.getpid():  # only called between trials: this process runs none now
             return "abandoned by an earlier sweep in this process"
-        if not alive(attrs["pid"]):
-            return f"worker died: process {attrs['pid']} on {HOST} is gone"
-    last = attrs.get("heartbeat") or (trial.datetime_start.timestamp() if trial.datetime_start else None)
+        if not alive(rec.pid):
+            return f"worker died: process {rec.pid} on {HOST} is gone"
+    last = rec.heartbeat or (trial.datetime_start.timestamp() if trial.datetime_start else None)
     silent = (now or time.time()) - last if last else 0.0
     if silent > STALE_SECONDS:
-        return f"worker died: no heartbeat from {attrs.get('host', 'its host')} for {silent:.0f} s"
+        return f"worker died: no heartbeat from {rec.host or 'its host'} for {silent:.0f} s"
     return None
 
 
 def fail_stale(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
     """Mark a dead worker's trial FAIL and queue its configuration once more; False if another worker did."""
-    storage = study._storage
     try:
-        storage.set_trial_user_attr(trial._trial_id, "reason", reason)
-        if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
-            return False
+        optuna_private.set_user_attrs(study, trial, record.attrs(reason=reason))
     except (optuna.exceptions.UpdateFinishedTrialError, KeyError):
         return False
-    if trial.params and "retry_of" not in trial.user_attrs:
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+    if not optuna_private.set_state(study, trial, TrialState.FAIL):
+        return False
+    if trial.params and TrialRecord.load(trial).retry_of is None:
+        study.enqueue_trial(trial.params, user_attrs=record.attrs(retry_of=trial.number))
     return True
 
 
@@ -94,11 +93,11 @@ def recover(study: optuna.Study, tracker: Tracker, write: Callable[[str], None])
         reason = stale_reason(trial)
         if reason is None or not fail_stale(study, trial, reason):
             continue
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        if run_id:
-            tracker.set_tags(run_id, {"optuna.state": TrialState.FAIL.name, "reason": reason})
-            tracker.end_run(run_id, "FAILED")
-        retried = "its configuration is queued again" if trial.params and "retry_of" not in trial.user_attrs else "not retried again"
+        rec = TrialRecord.load(trial)
+        if rec.mlflow_run_id:
+            tracker.set_tags(rec.mlflow_run_id, {"optuna.state": TrialState.FAIL.name, "reason": reason})
+            tracker.end_run(rec.mlflow_run_id, "FAILED")
+        retried = "its configuration is queued again" if trial.params and rec.retry_of is None else "not retried again"
         write(f"trial {trial.number:4d} FAIL     ({reason}; {retried})")
 
 

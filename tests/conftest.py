@@ -11,7 +11,7 @@ import pytest
 
 from mnist_core.data import load_splits, resolve_source
 from sweep.cli import main
-from tests.stores import TINY
+from sweep.testing.stores import TINY
 from tests.synthetic import write_idx_dir
 
 
@@ -39,7 +39,7 @@ def fake_clock(monkeypatch):
     run (whoever reads it, however often): budget decisions depend on batches, not on machine speed.
     `fake_clock.stall = (step, seconds)` adds a pause after that many batches."""
     from mnist_core import trainer
-    from sweep import tuner
+    from sweep import context
 
     monitors = []
     real_init = trainer._Monitor.__init__
@@ -58,7 +58,7 @@ def fake_clock(monkeypatch):
 
     monkeypatch.setattr(trainer._Monitor, "__init__", init)
     monkeypatch.setattr(trainer, "clock", now)
-    monkeypatch.setattr(tuner, "clock", now)
+    monkeypatch.setattr(context, "clock", now)
     return clock
 
 

@@ -5,17 +5,15 @@ Nothing is mocked: a finished study in a real store, the real servers, the pages
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 
 import pytest
 
+from sweep.testing.servers import CHROMIUM, free_port, serving
+from sweep.testing.stores import load, runs
 from sweep.tracking import PARENT_ATTR
-from tests.servers import free_port, serving
-from tests.stores import load, runs
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="needs a headless Chromium (Debian's chromium package, which .ci/run installs)"
 )

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+from optuna.trial import TrialState
 
-from sweep.cli import main
+from sweep.cli import COMMANDS, main
+from sweep.testing.stores import load
 
 STUDY = Path(__file__).resolve().parents[1] / "studies" / "tradeoff.toml"
 
@@ -75,12 +78,16 @@ def test_corrupt_journal_is_refused_and_left_alone(capsys, tmp_path, idx_dir):
     assert journal.read_bytes() == content
 
 
-def test_zero_byte_journal_starts_a_new_study(capsys, tmp_path, idx_dir):
+def test_zero_byte_journal_starts_a_new_study(capsys, tmp_path, idx_dir, study_file):
     # An empty journal is a valid empty storage (e.g. created by `touch`), not corruption.
     (tmp_path / "optuna.journal").write_bytes(b"")
     code, err = run(capsys, "report", "--store", tmp_path)
     assert code == 2
     assert_one_line(err, "no study named 'tradeoff'")
+    code, err = run(capsys, "run", "--study", study_file, "--store", tmp_path, "--data-dir", idx_dir, "--trials", "1")
+    assert code == 0, err
+    (trial,) = load(tmp_path).trials  # the study was started in that journal
+    assert trial.state == TrialState.COMPLETE
 
 
 def test_corrupt_sqlite_storage(capsys, tmp_path, idx_dir):
@@ -135,9 +142,15 @@ def test_predict_without_model_or_with_a_bad_image(capsys, tmp_path):
     assert_one_line(err, "m.keras", "not a saved Keras model")
 
 
-def test_help_exits_zero(capsys):
+def test_help_exits_zero_and_lists_every_command_and_flag(capsys):
     assert main(["--help"]) == 0
-    assert "run" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    for name, (help_, _, _) in COMMANDS.items():  # each command on its own line, with its help
+        assert re.search(rf"^\s+{name}\s+{re.escape(help_[:30])}", out, re.MULTILINE), name
+    assert main(["run", "--help"]) == 0
+    out = capsys.readouterr().out
+    for flag in ("--trials", "--timeout", "--trial-seconds", "--workers", "--recycle-every", "--study", "--store", "--storage", "--data-dir"):
+        assert flag in out
 
 
 def test_passwords_are_masked_in_errors(capsys, tmp_path):

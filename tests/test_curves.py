@@ -7,11 +7,11 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from sweep import record
 from sweep.curves import DERIVED_ATTR, CurveView
-from sweep.hypermodel import load_study
-from sweep.oracle import TrialSeededSampler, make_sampler
-from sweep.points import CURVE_ATTR
-from tests.stores import study_text
+from sweep.storage import TrialSeededSampler, make_sampler
+from sweep.studyfile import load_study
+from sweep.testing.stores import study_text
 
 SPACE = {
     "depth": IntDistribution(1, 2), "width": IntDistribution(8, 32, log=True), "epochs": IntDistribution(1, 4),
@@ -31,7 +31,7 @@ def add(study, number_epochs: int, curve: list[list[float]], schedule: str = "co
     params = {"depth": 1, "width": 16, "epochs": number_epochs, "learning_rate": 3e-3, "lr_schedule": schedule}
     values = [max(a for _, a in curve), curve[-1][0]] if state == TrialState.COMPLETE else None
     study.add_trial(optuna.trial.create_trial(params=params, distributions=SPACE, values=values, state=state,
-                                              user_attrs={CURVE_ATTR: curve}))
+                                              user_attrs=record.attrs(curve=curve)))
 
 
 def test_each_earlier_epoch_of_a_constant_rate_trial_is_a_complete_trial(spec, tmp_path):

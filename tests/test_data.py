@@ -31,7 +31,15 @@ def test_mirror_names_with_dots_are_found(tmp_path):
 
 
 def test_test_split_is_separate(idx_dir):
-    assert len(IdxSource(idx_dir).read("test")) == 200
+    # The test file is read on its own, and no test image is among the training or validation images,
+    # which between them are exactly the training file.
+    source = IdxSource(idx_dir)
+    test, train = source.read("test"), source.read("train")
+    splits = load_splits(resolve_source(idx_dir), 0.1, seed=0)
+    assert len(test) == 200
+    rows = lambda images: {image.tobytes() for image in images}  # noqa: E731
+    assert rows(splits.train.images) | rows(splits.val.images) == rows(train.images)
+    assert not rows(test.images) & (rows(splits.train.images) | rows(splits.val.images))
 
 
 def test_split_sizes_and_determinism(idx_dir):

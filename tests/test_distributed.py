@@ -15,8 +15,8 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sweep.oracle import FINISHED
-from tests.stores import check_consistent, sweep_process
+from sweep.record import FINISHED
+from sweep.testing.stores import check_consistent, sweep_process
 
 POSTGRES = os.environ.get("SWEEP_TEST_POSTGRES_URL")
 MLFLOW = os.environ.get("SWEEP_TEST_MLFLOW_URI")

@@ -19,8 +19,8 @@ import pytest
 from optuna.trial import TrialState
 
 from sweep.cli import main
-from sweep.oracle import FINISHED
-from tests.stores import TINY, check_consistent, load, runs, sweep_process, training_trial, wait_for
+from sweep.record import FINISHED
+from sweep.testing.stores import TINY, check_consistent, load, runs, sweep_process, training_trial, wait_for
 
 # Trials of a few seconds each, so a signal can land while one trains.
 SLOW = TINY.replace("epochs = { low = 1, high = 2 }", "epochs = { low = 150, high = 160 }")
@@ -118,8 +118,8 @@ def _limit_address_space() -> None:
 
 
 def test_a_trial_that_runs_out_of_memory_fails_with_its_reason_and_the_sweep_goes_on(tmp_path, idx_dir, study_file):
-    from sweep.hypermodel import load_study
-    from sweep.oracle import open_storage, open_study
+    from sweep.storage import open_storage, open_study
+    from sweep.studyfile import load_study
 
     store = tmp_path / "store"
     study_file.write_text(TINY.replace("width = { low = 8, high = 32, log = true }", "width = { choices = [8, 16, 60000] }"))

@@ -9,7 +9,7 @@ import sysconfig
 import venv
 from pathlib import Path
 
-from tests.stores import ROOT, load
+from sweep.testing.stores import ROOT, load
 
 
 def test_a_wheel_install_runs_the_default_study_from_another_directory(tmp_path, idx_dir):
@@ -38,6 +38,6 @@ def test_a_wheel_install_runs_the_default_study_from_another_directory(tmp_path,
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2/2 trials trained" in done.stdout
     assert len(load(elsewhere / "mlruns", "tradeoff").trials) >= 2  # the shipped default study, in ./mlruns
-    shipped = subprocess.check_output([python, "-c", "from sweep.hypermodel import study_path; print(study_path('accuracy'))"],
+    shipped = subprocess.check_output([python, "-c", "from sweep.studyfile import study_path; print(study_path('accuracy'))"],
                                       cwd=elsewhere, text=True)
     assert Path(shipped.strip()).is_relative_to(purelib)

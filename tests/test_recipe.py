@@ -12,8 +12,8 @@ from mnist_core.augment import Augmentation, augment_batch
 from mnist_core.data import make_dataset, scale_pixels
 from mnist_core.model import LearningRate, MLPConfig
 from mnist_core.trainer import TrainConfig, train
-from sweep.hypermodel import load_study
-from tests.stores import study_text
+from sweep.studyfile import load_study
+from sweep.testing.stores import study_text
 
 STRONG = Augmentation(translate=0.1, rotate=15.0, scale=0.1, elastic=10.0)
 RECIPE = TrainConfig(

@@ -12,8 +12,8 @@ from optuna.distributions import IntDistribution
 from optuna.trial import TrialState
 
 from sweep.best import SelectionError, model_name, select_point
-from sweep.points import front, pareto_mask
-from sweep.report import SEED_REFERENCE, hypervolume, seed_reference
+from sweep.points import front, hypervolume, pareto_mask
+from sweep.report import SEED_REFERENCE, seed_reference
 
 
 def test_pareto_mask_on_a_known_front():
@@ -90,8 +90,11 @@ def test_hypervolume_of_a_known_front():
 
 
 def test_charts_place_the_seed_model_from_its_stored_measurement(tmp_path):
-    label, seconds, accuracy = seed_reference()
-    stored = json.loads(SEED_REFERENCE.read_text())
-    assert (seconds, accuracy) == (stored["train_seconds"], stored["val_accuracy"]) and stored["measured"] in label
-    assert stored["command"].startswith("python bench/") and stored["source"].startswith("bench/results/")
+    measured = tmp_path / "seed.reference.json"
+    measured.write_text(json.dumps({"measured": "a 2-core test box, 2026-01-02", "train_seconds": 240.5, "val_accuracy": 0.9771}))
+    assert seed_reference(measured) == ("seed model 5x2000, 10 ep (a 2-core test box, 2026-01-02)", 240.5, 0.9771)
     assert seed_reference(tmp_path / "missing.json") is None
+    measured.write_text('{"measured": "x"}')  # no time or accuracy: no point rather than a wrong one
+    assert seed_reference(measured) is None
+    shipped = json.loads(SEED_REFERENCE.read_text())  # the shipped measurement says where it came from
+    assert shipped["command"].startswith("python bench/") and shipped["source"].startswith("bench/results/")

@@ -16,9 +16,10 @@ import pytest
 from optuna.trial import TrialState
 
 from mnist_core import trainer as trainer_module
-from sweep import tuner
-from sweep.oracle import count_finished
-from tests.stores import TINY, load, runs
+from sweep import loop
+from sweep import trial as trial_module
+from sweep.storage import count_finished
+from sweep.testing.stores import TINY, load, runs
 
 
 def test_four_trial_sweep_end_to_end(cli):
@@ -86,7 +87,7 @@ def test_a_dominated_trial_is_pruned_keeps_its_points_and_is_told_pruned(cli, tm
         seen.append((len(curve), planned, len(curves), len(front)))
         return "dominated: test" if len(curve) == 2 and len(curves) == 2 else None
 
-    monkeypatch.setattr(tuner.dominance, "dominated", dominated_after_two)
+    monkeypatch.setattr(trial_module.dominance, "dominated", dominated_after_two)
     code, out, err = cli("run", "--trials", "3", study=study_file)
     assert code == 0, err
     study = load(cli.store)
@@ -117,15 +118,15 @@ def test_resume_continues_to_the_requested_total(cli):
 
 def test_every_trial_is_timed_in_a_warm_process(cli, monkeypatch):
     # The first trial of a fresh process would pay its one-off costs: the sweep pays them first, untimed.
-    calls, real_train = [], tuner.train
-    monkeypatch.setattr(tuner, "warm_up", lambda splits: calls.append(("warm-up", len(splits.train))))
-    monkeypatch.setattr(tuner, "train", lambda *args, **kwargs: calls.append(("trial",)) or real_train(*args, **kwargs))
+    calls, real_train = [], trial_module.train
+    monkeypatch.setattr(loop, "warm_up", lambda splits: calls.append(("warm-up", len(splits.train))))
+    monkeypatch.setattr(trial_module, "train", lambda *args, **kwargs: calls.append(("trial",)) or real_train(*args, **kwargs))
     assert cli("run", "--trials", "2")[0] == 0
     assert calls == [("warm-up", 540), ("trial",), ("trial",)]
 
 
 def test_interrupted_sweep_closes_runs_and_resumes(cli, monkeypatch):
-    real_train = tuner.train
+    real_train = trial_module.train
     calls = []
 
     def interrupted_on_second_trial(*args, **kwargs):
@@ -134,7 +135,7 @@ def test_interrupted_sweep_closes_runs_and_resumes(cli, monkeypatch):
             raise KeyboardInterrupt
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(tuner, "train", interrupted_on_second_trial)
+    monkeypatch.setattr(trial_module, "train", interrupted_on_second_trial)
     code, _, err = cli("run", "--trials", "3")
     assert code == 130 and "run the same command again to resume" in err
     study = load(cli.store)
@@ -143,7 +144,7 @@ def test_interrupted_sweep_closes_runs_and_resumes(cli, monkeypatch):
     statuses = {r.data.tags.get("mlflow.runName"): r.info.status for r in all_runs}
     assert statuses == {"sweep-tiny": "KILLED", "trial-0": "FINISHED", "trial-1": "FAILED"}
 
-    monkeypatch.setattr(tuner, "train", real_train)
+    monkeypatch.setattr(trial_module, "train", real_train)
     assert cli("run", "--trials", "3")[0] == 0
     assert len(load(cli.store).get_trials(states=(TrialState.COMPLETE,))) == 3
     _, all_runs = runs(cli.store)
@@ -159,7 +160,7 @@ def test_a_signal_that_surfaces_as_another_exception_still_interrupts(cli, monke
         processes.STOP.set()
         raise SystemError("Objects/listobject.c:338: bad argument to internal function")
 
-    monkeypatch.setattr(tuner, "train", signalled_inside_c_code)
+    monkeypatch.setattr(trial_module, "train", signalled_inside_c_code)
     try:
         code, _, err = cli("run", "--trials", "2")
     finally:
@@ -189,22 +190,22 @@ def test_nets_that_cannot_fit_are_skipped_uncounted_and_asking_stops(cli, study_
         .replace("width = { low = 8, high = 32, log = true }", "width = { choices = [8, 4096] }")
         .replace("epochs = { low = 1, high = 2 }", "epochs = { choices = [2, 50] }")
     )
-    from sweep.hypermodel import load_study
-    from sweep.oracle import open_storage, open_study
+    from sweep.storage import open_storage, open_study
+    from sweep.studyfile import load_study
 
     study = open_study(load_study(study_file), open_storage(None, cli.store))
     for _ in range(2):
         study.enqueue_trial({"depth": 1, "width": 8, "epochs": 2, "learning_rate": 0.005})
-    for _ in range(tuner.MAX_CONSECUTIVE_SKIPS + 2):
+    for _ in range(loop.MAX_CONSECUTIVE_SKIPS + 2):
         study.enqueue_trial({"depth": 3, "width": 4096, "epochs": 50, "learning_rate": 0.005})
     code, out, err = cli("run", "--trials", "3")
     assert code == 0, err
-    assert f"stopping: the last {tuner.MAX_CONSECUTIVE_SKIPS} configurations could not fit" in out
+    assert f"stopping: the last {loop.MAX_CONSECUTIVE_SKIPS} configurations could not fit" in out
     assert "2/3 trials trained" in out
     study = load(cli.store)
     small, skipped = study.trials[:2], study.get_trials(states=(TrialState.PRUNED,))
     assert all(t.state == TrialState.COMPLETE for t in small) and count_finished(study) == 2
-    assert len(skipped) == tuner.MAX_CONSECUTIVE_SKIPS
+    assert len(skipped) == loop.MAX_CONSECUTIVE_SKIPS
     for trial in skipped:
         assert trial.state == TrialState.PRUNED and trial.user_attrs["reason"].startswith("skipped: predicted")
         assert trial.user_attrs["predicted_seconds"] > 1000
@@ -216,18 +217,17 @@ def test_nets_that_cannot_fit_are_skipped_uncounted_and_asking_stops(cli, study_
 def test_no_trial_is_asked_for_once_the_budget_left_is_shorter_than_any_first_epoch(cli, study_file, idx_dir):
     assert cli("run", "--trials", "1")[0] == 0
     study = load(cli.store)
-    quickest = tuner.quickest_epoch(study)
+    quickest = loop.quickest_epoch(study)
     assert quickest == study.trials[0].user_attrs["warmup_seconds"] > 0  # its first epoch, complete
-    from types import SimpleNamespace
-
     from mnist_core.data import load_splits, resolve_source
-    from sweep.hypermodel import load_study
+    from sweep.context import SweepContext, clock
+    from sweep.studyfile import load_study
 
     splits = load_splits(resolve_source(idx_dir), 0.1, 0)
-    context = lambda left: SimpleNamespace(deadline=tuner.clock() + left, spec=load_study(study_file), splits=splits)  # noqa: E731
-    assert tuner._why_stop(study, context(3600), failures=0, skips=0, last_skip="") is None
-    assert "less than the quickest first epoch" in tuner._why_stop(study, context(quickest / 10), failures=0, skips=0, last_skip="")
-    assert tuner._why_stop(study, context(-1), failures=0, skips=0, last_skip="") == "the sweep budget is spent"
+    context = lambda left: SweepContext(load_study(study_file), study, splits, None, "", clock() + left, cli.store)  # noqa: E731
+    assert loop.why_stop(context(3600), loop.Streaks()) is None
+    assert "less than the quickest first epoch" in loop.why_stop(context(quickest / 10), loop.Streaks())
+    assert loop.why_stop(context(-1), loop.Streaks()) == "the sweep budget is spent"
 
 
 # Every trial plans 30 epochs of 9 batches: 2.7 s on the fake clock (10 ms a batch), which a 1-s sweep cannot hold.
@@ -261,13 +261,13 @@ def test_when_no_trial_can_finish_in_the_time_left_the_sweep_stops_and_counts_no
 def test_a_config_skipped_for_sweep_time_is_a_state_the_samplers_ignore_and_no_failure(cli, study_file, fake_clock, monkeypatch):
     monkeypatch.setattr(trainer_module, "EXECUTION_SECONDS", 1e-6)
     study_file.write_text(HOPELESS.replace("epochs = 30", "").replace("[scientific]", "[scientific]\nepochs = { low = 1, high = 50 }"))
-    from sweep.hypermodel import load_study
-    from sweep.oracle import open_storage, open_study
+    from sweep.storage import open_storage, open_study
+    from sweep.studyfile import load_study
 
     study = open_study(load_study(study_file), open_storage(None, cli.store))
     for _ in range(2):  # two short trials teach the cost model this (fake) machine's pace
         study.enqueue_trial({"depth": 1, "width": 8, "epochs": 2, "learning_rate": 0.005})
-    late = tuner.MAX_CONSECUTIVE_FAILURES + 1
+    late = loop.MAX_CONSECUTIVE_FAILURES + 1
     for _ in range(late):  # 50 epochs: 4.5 s, within the trial budget but not the sweep's 1.6 s left
         study.enqueue_trial({"depth": 1, "width": 8, "epochs": 50, "learning_rate": 0.005})
     code, out, err = cli("run", "--trials", "3", "--timeout", "2")
@@ -283,6 +283,29 @@ def test_a_config_skipped_for_sweep_time_is_a_state_the_samplers_ignore_and_no_f
     assert parent.data.metrics["trials_failed"] == 0 and parent.data.metrics["trials_skipped"] >= late
 
 
+def test_a_resumed_study_is_recounted_by_full_epochs_and_says_so_once(cli, study_file):
+    # A store written before trials were counted by full epochs: one trial cut inside its first epoch
+    # counted then (it had trained a batch); it is recorded still, but no longer counted.
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    from sweep.storage import open_storage, open_study
+    from sweep.studyfile import load_study
+
+    study = open_study(load_study(study_file), open_storage(None, cli.store))
+    params = {"depth": 1, "width": 8, "epochs": 1, "learning_rate": 0.005}
+    distributions = {"depth": IntDistribution(1, 2), "width": IntDistribution(8, 32, log=True), "epochs": IntDistribution(1, 2),
+                     "learning_rate": FloatDistribution(1e-3, 1e-2, log=True)}
+    old = lambda state, **kw: optuna.trial.create_trial(state=state, params=params, distributions=distributions, **kw)  # noqa: E731
+    study.add_trial(old(TrialState.COMPLETE, values=[0.9, 1.0], user_attrs={"epochs_run": 1, "curve": [[1.0, 0.9]]}))
+    study.add_trial(old(TrialState.PRUNED, user_attrs={"epochs_run": 1, "reason": "over_budget: ..."}))
+    code, out, err = cli("run", "--trials", "2")
+    assert code == 0, err
+    assert "recounted: 1 trials trained a full epoch (2 were counted before); 1 cut inside their first epoch no longer count" in out
+    assert "study 'tiny': 1/2 trials trained" in out and len(load(cli.store).trials) == 3  # one more trained
+    code, out, _ = cli("run", "--trials", "2")
+    assert code == 0 and "recounted" not in out  # said once
+
+
 def test_running_trial_is_stopped_at_its_deadline(cli, study_file):
     study_file.write_text(TINY.replace("epochs = { low = 1, high = 2 }", "epochs = { low = 900, high = 1000 }"))
     code, out, _ = cli("run", "--trials", "1", "--trial-seconds", "3")
@@ -296,18 +319,18 @@ def test_running_trial_is_stopped_at_its_deadline(cli, study_file):
 def test_nan_trials_fail_with_reason_and_the_sweep_stops_after_repeated_failures(cli, monkeypatch):
     # Study files cap the learning rate at sane values, so diverge by training every trial at 1e12
     # (on a net wide enough not to die quietly instead).
-    real_train = tuner.train
+    real_train = trial_module.train
 
     def diverging(config, *args, **kwargs):
         model = dataclasses.replace(config.model, depth=2, width=32, optimizer="sgd", learning_rate=1e12)
         return real_train(dataclasses.replace(config, model=model), *args, **kwargs)
 
-    monkeypatch.setattr(tuner, "train", diverging)
+    monkeypatch.setattr(trial_module, "train", diverging)
     code, out, _ = cli("run", "--trials", "2")
     assert code == 0, _
-    assert f"the last {tuner.MAX_CONSECUTIVE_FAILURES} trials failed" in out
+    assert f"the last {loop.MAX_CONSECUTIVE_FAILURES} trials failed" in out
     trials = load(cli.store).trials
-    assert len(trials) == tuner.MAX_CONSECUTIVE_FAILURES
+    assert len(trials) == loop.MAX_CONSECUTIVE_FAILURES
     assert all(t.state == TrialState.FAIL and t.user_attrs["reason"].startswith("nan_loss") for t in trials)
     _, all_runs = runs(cli.store)
     assert sorted(r.info.status for r in all_runs if "mlflow.parentRunId" in r.data.tags) == ["FAILED"] * len(trials)
@@ -320,8 +343,8 @@ def test_single_objective_study_prunes_a_weak_trial(cli, study_file, warmup):
         TINY.replace('objectives = ["val_accuracy", "train_seconds"]', f'objectives = ["val_accuracy"]\n{pruner}')
         .replace("epochs = { low = 1, high = 2 }", "epochs = { low = 3, high = 4 }")
     )
-    from sweep.hypermodel import load_study
-    from sweep.oracle import open_storage, open_study
+    from sweep.storage import open_storage, open_study
+    from sweep.studyfile import load_study
 
     # Five strong trials set the median; a narrow net with the smallest learning rate falls below it.
     study = open_study(load_study(study_file), open_storage(None, cli.store))

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from tests.servers import descendants, free_port, get_json, serving
+from sweep.testing.servers import descendants, free_port, get_json, serving
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])

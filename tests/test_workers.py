@@ -10,8 +10,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from sweep.hypermodel import load_study
-from sweep.oracle import count_busy, open_storage, open_study, release
+from sweep.storage import count_busy, open_storage, open_study, release
+from sweep.studyfile import load_study
 from sweep.tracking import Tracker, default_tracking_uri
 from sweep.workers import HOST, STALE_SECONDS, stale_reason
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shutil
 import signal
 import socket
 import time
 import urllib.request
 from pathlib import Path
 
-from tests.stores import sweep_process
+from sweep.testing.stores import sweep_process
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def free_port() -> int:

@@ -18,10 +18,10 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from sweep.oracle import FINISHED, trained
+from sweep.record import FINISHED, TrialRecord
 from sweep.tracking import default_tracking_uri
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 TINY = """
 [study]
@@ -113,11 +113,11 @@ def check_consistent(study: optuna.Study, all_runs, finished: int) -> None:
     """Exactly `finished` trials trained, numbers unique, one parent run, and nothing left RUNNING."""
     numbers = [t.number for t in study.trials]
     assert len(set(numbers)) == len(numbers)
-    assert sum(map(trained, study.trials)) == finished
+    assert sum(TrialRecord.load(t).trained for t in study.trials) == finished
     assert not study.get_trials(states=(TrialState.RUNNING,))
     by_id = {r.info.run_id: r for r in all_runs}
     assert not [r for r in all_runs if r.info.status == "RUNNING"]
     assert sum("mlflow.parentRunId" not in r.data.tags for r in all_runs) == 1
-    for trial in filter(trained, study.trials):
+    for trial in (t for t in study.trials if TrialRecord.load(t).trained):
         expected = "FINISHED" if trial.state == TrialState.COMPLETE else "KILLED"
         assert by_id[trial.user_attrs["mlflow_run_id"]].info.status == expected

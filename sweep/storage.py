@@ -20,13 +20,20 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
+from sweep import optuna_private
 from sweep.credentials import mask_url, redact
 from sweep.curves import CurveView
-from sweep.hypermodel import StudySpec
-from sweep.points import trained
-from sweep.record import FINISHED, skipped_for_sweep_time
+from sweep.record import FINISHED, records
+from sweep.studyfile import StudySpec
 
 JOURNAL_NAME = "optuna.journal"
+# Workers starting together on a new database each try to create Optuna's schema: one wins, the others
+# try again (after 1 s, then 2 s) and find it.
+SCHEMA_ATTEMPTS = 3
+# The median pruner judges no trial before this many have finished: a median of fewer says little.
+MEDIAN_STARTUP_TRIALS = 5
+# Hyperband keeps a third of the trials at each rung: Optuna's default, and Li et al.'s.
+HYPERBAND_REDUCTION = 3
 # A study attribute: its trials are counted by `points.trained` (a full epoch), and a resumed study said so.
 COUNT_RULE_ATTR = "count_rule"
 COUNT_RULE = "full_epoch"
@@ -62,7 +69,7 @@ def open_storage(storage: str | None, store: Path) -> BaseStorage:
     Messages show the URL with its password masked (`sweep.credentials`).
     """
     if storage and "://" in storage:
-        for attempt in range(3):
+        for attempt in range(SCHEMA_ATTEMPTS):
             try:
                 return RDBStorage(storage)
             except sqlalchemy.exc.IntegrityError:  # workers starting together each create the schema: one wins
@@ -89,8 +96,8 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
     """The study's sampler, made anew for each trial with the seed `seed + trial number`.
 
     Trial numbers are unique across every worker, process and machine sharing the storage, so each
-    trial draws from its own random stream: parallel workers explore different points (one seed per
-    sampler made workers that started together propose the same ones), a resumed sweep explores new
+    trial draws from its own random stream: parallel workers explore different points (with one seed
+    per sampler, workers that start together would propose the same ones), a resumed sweep explores new
     ones, and a single-process sweep stays reproducible.
     """
 
@@ -142,9 +149,9 @@ def make_sampler(spec: StudySpec) -> TrialSeededSampler:
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     """Optuna's pruner; none decides before `pruner_warmup_epochs` (epochs are the reported steps, from 1)."""
     if spec.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=spec.pruner_warmup_epochs)
+        return optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS, n_warmup_steps=spec.pruner_warmup_epochs)
     if spec.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=spec.pruner_warmup_epochs, reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=spec.pruner_warmup_epochs, reduction_factor=HYPERBAND_REDUCTION)
     return optuna.pruners.NopPruner()
 
 
@@ -194,7 +201,7 @@ def load_existing(storage: BaseStorage, name: str) -> optuna.Study:
 
 def count_finished(study: optuna.Study) -> int:
     """Finished trials that trained a full epoch (complete, or pruned after one): what `--trials N` counts."""
-    return sum(map(trained, study.get_trials(deepcopy=False, states=FINISHED)))
+    return sum(r.trained for r in records(study, FINISHED))
 
 
 @dataclass(frozen=True)
@@ -216,12 +223,12 @@ class Tally:
 
 
 def tally(study: optuna.Study) -> Tally:
-    trials = study.get_trials(deepcopy=False)
+    all_ = records(study)
     return Tally(
-        complete=sum(t.state == TrialState.COMPLETE and trained(t) for t in trials),
-        pruned=sum(t.state == TrialState.PRUNED and trained(t) for t in trials),
-        skipped=sum((t.state in FINISHED and not trained(t)) or skipped_for_sweep_time(t) for t in trials),
-        failed=sum(t.state == TrialState.FAIL and not skipped_for_sweep_time(t) for t in trials),
+        complete=sum(r.state == TrialState.COMPLETE and r.trained for r in all_),
+        pruned=sum(r.state == TrialState.PRUNED and r.trained for r in all_),
+        skipped=sum(r.skipped for r in all_),
+        failed=sum(r.state == TrialState.FAIL and not r.skipped_for_sweep_time for r in all_),
     )
 
 
@@ -231,9 +238,9 @@ def recount(study: optuna.Study) -> str | None:
     if study.user_attrs.get(COUNT_RULE_ATTR) == COUNT_RULE:
         return None
     study.set_user_attr(COUNT_RULE_ATTR, COUNT_RULE)
-    finished = study.get_trials(deepcopy=False, states=FINISHED)
-    before = sum(t.user_attrs.get("epochs_run", 0) > 0 for t in finished)
-    now = sum(map(trained, finished))
+    finished = records(study, FINISHED)
+    before = sum((r.epochs_run or 0) > 0 for r in finished)
+    now = sum(r.trained for r in finished)
     if before == now:
         return None
     return (f"recounted: {now} trials trained a full epoch ({before} were counted before); "
@@ -242,10 +249,10 @@ def recount(study: optuna.Study) -> str | None:
 
 def count_busy(study: optuna.Study, before: int | None = None) -> int:
     """Trained trials plus those running (numbered below `before`): slots of `--trials N` taken."""
-    trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
-    return sum(trained(t) if t.state != TrialState.RUNNING else before is None or t.number < before for t in trials)
+    taken = records(study, (*FINISHED, TrialState.RUNNING))
+    return sum(r.trained if r.state != TrialState.RUNNING else before is None or r.number < before for r in taken)
 
 
 def release(study: optuna.Study, trial: optuna.Trial) -> None:
     """Give back a trial that found no free slot: WAITING, it is the next one any worker asks for."""
-    study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+    optuna_private.set_state(study, trial, TrialState.WAITING)

@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from mnist_core.model import MLPConfig
-from sweep.hypermodel import StudyFileError, load_study
+from sweep.studyfile import StudyFileError, load_study
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 

@@ -17,9 +17,9 @@ from typing import Any
 import optuna
 
 from mnist_core.augment import Augmentation
-from mnist_core.model import ACTIVATIONS, MAX_CROP, OPTIMIZERS, SCHEDULES, MLPConfig
+from mnist_core.model import MLPConfig
+from mnist_core.schema import Bound, bounds
 from mnist_core.trainer import TrainConfig
-
 
 # The study files shipped with the package (`studies/` in the source tree links here).
 STUDIES = Path(__file__).resolve().parent / "studies"
@@ -42,37 +42,11 @@ class StudyFileError(Exception):
     """A study file is missing or invalid; the message names the file, the key and the reason."""
 
 
-# name -> (type, sane lower bound, sane upper bound or allowed values)
-HYPERPARAMETERS: dict[str, tuple[type, Any, Any]] = {
-    "depth": (int, 1, 64),
-    "width": (int, 1, 65_536),
-    "epochs": (int, 1, 1_000),
-    "batch_size": (int, 1, 60_000),
-    "learning_rate": (float, 1e-8, 10.0),
-    "dropout": (float, 0.0, 0.99),
-    "activation": (str, None, ACTIVATIONS),
-    "optimizer": (str, None, tuple(OPTIMIZERS)),
-    "batch_norm": (bool, None, (False, True)),
-    "jit_compile": (bool, None, (False, True)),
-    # The training recipe (mnist_core.model.MLPConfig)
-    "lr_schedule": (str, None, SCHEDULES),
-    "warmup_fraction": (float, 0.0, 0.5),
-    "final_lr_fraction": (float, 0.0, 1.0),
-    "weight_decay": (float, 0.0, 1.0),
-    "label_smoothing": (float, 0.0, 0.5),
-    "input_dropout": (float, 0.0, 0.9),
-    "input_crop": (int, 0, MAX_CROP),
-    # Training-set augmentation (mnist_core.augment.Augmentation)
-    "translate": (float, 0.0, 0.5),
-    "rotate": (float, 0.0, 180.0),
-    "scale": (float, 0.0, 0.5),
-    "elastic": (float, 0.0, 100.0),
-    "elastic_sigma": (float, 0.5, 14.0),
-}
-MODEL_KEYS = ("depth", "width", "activation", "dropout", "batch_norm", "optimizer", "learning_rate", "jit_compile",
-              "lr_schedule", "warmup_fraction", "final_lr_fraction", "weight_decay", "label_smoothing", "input_dropout",
-              "input_crop")
-AUGMENTATION_KEYS = ("translate", "rotate", "scale", "elastic", "elastic_sigma")
+# Each hyperparameter's kind and sane range, from the config dataclasses' own bounds (mnist_core/schema.py).
+MODEL_BOUNDS = bounds(MLPConfig)
+AUGMENTATION_BOUNDS = bounds(Augmentation)
+RUN_BOUNDS = bounds(TrainConfig)  # epochs, batch_size
+HYPERPARAMETERS: dict[str, Bound] = {**MODEL_BOUNDS, **AUGMENTATION_BOUNDS, **RUN_BOUNDS}
 # objective name in study files -> (direction, the trial metric it reads: scored at the best validation epoch)
 OBJECTIVES = {
     "val_accuracy": ("maximize", "best_val_accuracy"),
@@ -107,7 +81,7 @@ class Param:
     def suggest(self, trial: optuna.trial.BaseTrial) -> Any:
         if self.choices is not None:
             return trial.suggest_categorical(self.name, list(self.choices))
-        if HYPERPARAMETERS[self.name][0] is int:
+        if HYPERPARAMETERS[self.name].kind is int:
             return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
         return trial.suggest_float(self.name, self.low, self.high, log=self.log)
 
@@ -159,7 +133,7 @@ class StudySpec:
         cheapest = {"depth": min, "width": min, "epochs": min, "batch_size": max, "input_crop": max}
         values = {p.name: cheapest.get(p.name, min)(p.choices or (p.low, p.high)) for p in self.params}
         for p in self.params:
-            if p.choices is None and HYPERPARAMETERS[p.name][0] is int:
+            if p.choices is None and HYPERPARAMETERS[p.name].kind is int:
                 values[p.name] = int(values[p.name])
         return self.config_for(optuna.trial.FixedTrial(values), seed=self.seed)
 
@@ -184,9 +158,9 @@ class StudySpec:
         """The training run a trial stands for: its sampled values over the fixed ones."""
         values = dict(self.fixed)
         values.update({p.name: p.suggest(trial) for p in self.params})
-        model = MLPConfig(**{k: values[k] for k in MODEL_KEYS if k in values})
-        augmentation = Augmentation(**{k: values[k] for k in AUGMENTATION_KEYS if k in values})
-        run = {k: values[k] for k in ("epochs", "batch_size") if k in values}
+        model = MLPConfig(**{k: values[k] for k in MODEL_BOUNDS if k in values})
+        augmentation = Augmentation(**{k: values[k] for k in AUGMENTATION_BOUNDS if k in values})
+        run = {k: values[k] for k in RUN_BOUNDS if k in values}
         return TrainConfig(model=model, seed=seed, augmentation=augmentation, **run)
 
 
@@ -195,21 +169,13 @@ def _fail(path: Path, key: str, reason: str) -> StudyFileError:
 
 
 def _check_value(path: Path, key: str, name: str, value: Any, allow_list: bool = False) -> Any:
-    """Type and sanity bounds of one hyperparameter value (a fixed width may list one per layer)."""
-    kind, low, high = HYPERPARAMETERS[name]
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+    """Kind and sane range of one hyperparameter value (a fixed width may list one per layer)."""
     if allow_list and name == "width" and isinstance(value, list):
         return [_check_value(path, f"{key}[{i}]", name, item) for i, item in enumerate(value)]
-    if type(value) is not kind:
-        raise _fail(path, key, f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
-    if kind is float and not math.isfinite(value):
-        raise _fail(path, key, f"must be finite, got {value}")
-    if kind in (int, float) and not low <= value <= high:
-        raise _fail(path, key, f"{value} is outside the sane range [{low}, {high}]")
-    if kind in (str, bool) and value not in high:
-        raise _fail(path, key, f"{value!r} is not one of {', '.join(map(str, high))}")
-    return value
+    try:
+        return HYPERPARAMETERS[name].check(name, value)
+    except ValueError as exc:
+        raise _fail(path, key, str(exc)) from None
 
 
 def _param(path: Path, role: str, name: str, spec: Any) -> Param:
@@ -229,7 +195,7 @@ def _param(path: Path, role: str, name: str, spec: Any) -> Param:
         if len(set(values)) != len(values):
             raise _fail(path, key, "choices repeat a value")
         return Param(name, role, choices=values)
-    kind = HYPERPARAMETERS[name][0]
+    kind = HYPERPARAMETERS[name].kind
     if kind not in (int, float):
         raise _fail(path, key, f"{name} is not numeric: give choices = [...]")
     if "low" not in spec or "high" not in spec:
@@ -257,17 +223,29 @@ def _number(path: Path, key: str, value: Any, kind: type, low: float, high: floa
 def load_study(path: str | Path) -> StudySpec:
     """Read and validate a study file; every problem is a `StudyFileError` naming file and key."""
     path = Path(path)
+    document = _read(path)
+    study = _study_section(path, document.get("study", {}))
+    params, fixed = _space_sections(path, document, study["learn_from_epochs"])
+    spec = StudySpec(path=path, **study, **_budget_section(path, document.get("budget", {})),
+                     **_data_section(path, document.get("data", {})), params=tuple(params), fixed=fixed)
+    # Combinations the per-value checks cannot see (a width list against depth, say).
+    try:
+        spec.config_for(optuna.trial.FixedTrial({p.name: _first(p) for p in params}), seed=spec.seed)
+    except ValueError as exc:
+        raise _fail(path, "fixed", str(exc)) from None
+    return spec
+
+
+def _read(path: Path) -> dict[str, Any]:
+    """The file's TOML, with only known sections (each a table) and known keys."""
     try:
         document = tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise StudyFileError(
-            f"{path}: no such study file; pass a file or a shipped study: {', '.join(shipped_studies())}"
-        ) from None
+        raise StudyFileError(f"{path}: no such study file; pass a file or a shipped study: {', '.join(shipped_studies())}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise StudyFileError(f"{path}: cannot read ({exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise StudyFileError(f"{path}: not valid TOML ({exc})") from None
-
     for section, value in document.items():
         if section not in SCHEMA:
             raise _fail(path, section, f"unknown section; expected {', '.join(SCHEMA)}")
@@ -276,8 +254,11 @@ def load_study(path: str | Path) -> StudySpec:
         unknown = set(value) - SCHEMA[section]
         if unknown:
             raise _fail(path, f"{section}.{sorted(unknown)[0]}", f"unknown key; expected one of {', '.join(sorted(SCHEMA[section]))}")
-    study, budget, data = (document.get(s, {}) for s in ("study", "budget", "data"))
+    return document
 
+
+def _study_section(path: Path, study: dict[str, Any]) -> dict[str, Any]:
+    """[study]: name, objectives, sampler, pruner and what goes with them."""
     name = study.get("name", path.stem)
     if not isinstance(name, str) or not name.strip():
         raise _fail(path, "study.name", "must be a non-empty string")
@@ -286,6 +267,23 @@ def load_study(path: str | Path) -> StudySpec:
         raise _fail(path, "study.objectives", f"must be a non-empty list of {', '.join(OBJECTIVES)}, got {objectives!r}")
     if len(set(objectives)) != len(objectives):
         raise _fail(path, "study.objectives", "repeats an objective")
+    sampler, pruner = _sampler_and_pruner(path, study, objectives)
+    learn_from_epochs = study.get("learn_from_epochs", False)
+    if not isinstance(learn_from_epochs, bool):
+        raise _fail(path, "study.learn_from_epochs", f"must be true or false, got {learn_from_epochs!r}")
+    if learn_from_epochs and (sampler != "tpe" or sorted(objectives) != ["train_seconds", "val_accuracy"]):
+        raise _fail(path, "study.learn_from_epochs", "needs sampler = \"tpe\" and objectives = [\"val_accuracy\", \"train_seconds\"]")
+    return dict(
+        name=name, description=str(study.get("description", "")), objectives=tuple(objectives), sampler=sampler, pruner=pruner,
+        pruner_warmup_epochs=_number(path, "study.pruner_warmup_epochs", study.get("pruner_warmup_epochs", 1), int, 1, 10_000),
+        learn_from_epochs=learn_from_epochs,
+        min_epochs=_number(path, "study.min_epochs", study["min_epochs"], int, 1, 10_000) if "min_epochs" in study else None,
+        seed=_number(path, "study.seed", study.get("seed", 0), int, 0, 2**31 - 1),
+        trials=_number(path, "study.trials", study.get("trials", 50), int, 1, 100_000),
+    )
+
+
+def _sampler_and_pruner(path: Path, study: dict[str, Any], objectives: list[str]) -> tuple[str, str]:
     sampler = study.get("sampler", "tpe")
     if sampler not in SAMPLERS:
         raise _fail(path, "study.sampler", f"{sampler!r} is not one of {', '.join(SAMPLERS)}")
@@ -298,59 +296,39 @@ def load_study(path: str | Path) -> StudySpec:
         raise _fail(path, "study.pruner", "Optuna cannot prune multi-objective studies; use pruner = \"dominance\" or \"none\"")
     if "pruner_warmup_epochs" in study and pruner not in ("median", "hyperband"):
         raise _fail(path, "study.pruner_warmup_epochs", "only the median and hyperband pruners use it; remove it or pick one of them")
+    return sampler, pruner
 
-    learn_from_epochs = study.get("learn_from_epochs", False)
-    if not isinstance(learn_from_epochs, bool):
-        raise _fail(path, "study.learn_from_epochs", f"must be true or false, got {learn_from_epochs!r}")
-    if learn_from_epochs and (sampler != "tpe" or sorted(objectives) != ["train_seconds", "val_accuracy"]):
-        raise _fail(path, "study.learn_from_epochs", "needs sampler = \"tpe\" and objectives = [\"val_accuracy\", \"train_seconds\"]")
 
-    params: list[Param] = []
-    fixed: dict[str, Any] = {}
-    for role in ROLES:
-        for pname, spec in document.get(role, {}).items():
-            params.append(_param(path, role, pname, spec))
-    for fname, value in document.get("fixed", {}).items():
-        fixed[fname] = _check_value(path, f"fixed.{fname}", fname, value, allow_list=True)
+def _budget_section(path: Path, budget: dict[str, Any]) -> dict[str, Any]:
+    """[budget]: seconds per trial and, optionally, for the whole sweep."""
+    sweep = budget.get("sweep_seconds")
+    return dict(
+        trial_seconds=_number(path, "budget.trial_seconds", budget.get("trial_seconds", 300), float, 1, 7 * 86_400),
+        sweep_seconds=None if sweep is None else _number(path, "budget.sweep_seconds", sweep, float, 1, 30 * 86_400),
+    )
+
+
+def _data_section(path: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """[data]: the validation split, the same for every trial."""
+    return dict(
+        validation_fraction=_number(path, "data.validation_fraction", data.get("validation_fraction", 0.1), float, 0.01, 0.5),
+        split_seed=_number(path, "data.split_seed", data.get("split_seed", 0), int, 0, 2**31 - 1),
+    )
+
+
+def _space_sections(path: Path, document: dict[str, Any], learn_from_epochs: bool) -> tuple[list[Param], dict[str, Any]]:
+    """[scientific] and [nuisance] (searched) and [fixed]: each hyperparameter in one of them at most."""
+    params = [_param(path, role, name, spec) for role in ROLES for name, spec in document.get(role, {}).items()]
+    fixed = {name: _check_value(path, f"fixed.{name}", name, value, allow_list=True) for name, value in document.get("fixed", {}).items()}
     names = [p.name for p in params] + list(fixed)
     for duplicate in {n for n in names if names.count(n) > 1}:
         raise _fail(path, duplicate, "appears more than once across scientific, nuisance and fixed")
     if learn_from_epochs and not any(p.name == "epochs" and p.choices is None for p in params):
         raise _fail(path, "study.learn_from_epochs", "needs epochs searched as a range (e.g. epochs = { low = 1, high = 10 })")
-
-    spec = StudySpec(
-        path=path,
-        name=name,
-        description=str(study.get("description", "")),
-        objectives=tuple(objectives),
-        sampler=sampler,
-        pruner=pruner,
-        # A cosine-scheduled, augmented run says little about its end in its first epochs.
-        pruner_warmup_epochs=_number(path, "study.pruner_warmup_epochs", study.get("pruner_warmup_epochs", 1), int, 1, 10_000),
-        learn_from_epochs=learn_from_epochs,
-        min_epochs=(_number(path, "study.min_epochs", study["min_epochs"], int, 1, 10_000) if "min_epochs" in study else None),
-        seed=_number(path, "study.seed", study.get("seed", 0), int, 0, 2**31 - 1),
-        trials=_number(path, "study.trials", study.get("trials", 50), int, 1, 100_000),
-        trial_seconds=_number(path, "budget.trial_seconds", budget.get("trial_seconds", 300), float, 1, 7 * 86_400),
-        sweep_seconds=(
-            _number(path, "budget.sweep_seconds", budget["sweep_seconds"], float, 1, 30 * 86_400)
-            if "sweep_seconds" in budget
-            else None
-        ),
-        validation_fraction=_number(path, "data.validation_fraction", data.get("validation_fraction", 0.1), float, 0.01, 0.5),
-        split_seed=_number(path, "data.split_seed", data.get("split_seed", 0), int, 0, 2**31 - 1),
-        params=tuple(params),
-        fixed=fixed,
-    )
-    # Combinations the per-value checks cannot see (a width list against depth, say).
-    try:
-        spec.config_for(optuna.trial.FixedTrial({p.name: _first(p) for p in params}), seed=spec.seed)
-    except ValueError as exc:
-        raise _fail(path, "fixed", str(exc)) from None
-    return spec
+    return params, fixed
 
 
 def _first(param: Param) -> Any:
     if param.choices is not None:
         return param.choices[0]
-    return int(param.low) if HYPERPARAMETERS[param.name][0] is int else param.low
+    return int(param.low) if HYPERPARAMETERS[param.name].kind is int else param.low

@@ -1,0 +1,4 @@
+"""MNIST's images and classes: what the data, the model and the augmentation agree on."""
+
+IMAGE_SHAPE = (28, 28)
+NUM_CLASSES = 10

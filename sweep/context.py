@@ -1,0 +1,163 @@
+"""What a command opens once, from its options: the study file, the storage and study, the data splits,
+the MLflow tracker and, for a sweep, the parent run and the deadline. `run`, every worker process,
+`report` and `best` open them here, one way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import errno
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+
+from mnist_core.data import Source, Splits, load_splits, resolve_source
+from sweep import storage
+from sweep.credentials import redact
+from sweep.studyfile import StudySpec, load_study
+from sweep.tracking import PARENT_ATTR, Tracker, default_tracking_uri
+
+DEFAULT_STORE = Path("mlruns")
+# Wall clock of sweep deadlines: absolute, so a recycled process keeps its sweep's; a module attribute so
+# tests can replace it with a fake one (with `mnist_core.trainer.clock`).
+clock = time.time
+# How long a worker that opened a new study's parent MLflow run waits to see if another one did too.
+PARENT_SETTLE_SECONDS = 0.5
+STORE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+STORE_MESSAGES = ("database or disk is full", "readonly database", "disk I/O error")
+
+
+class CommandError(Exception):
+    """A bad command-line value or store; the message says what and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """Where a command finds its study, storage, tracking and data (the command line's common flags)."""
+
+    study: Path
+    store: Path = DEFAULT_STORE
+    name: str | None = None
+    storage: str | None = None
+    tracking_uri: str | None = None
+    data_dir: str | None = None
+    trial_seconds: float | None = None  # overrides the study file's budget.trial_seconds
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Options:
+        return cls(**{f.name: getattr(args, f.name, f.default) for f in dataclasses.fields(cls)})
+
+    @property
+    def tracking(self) -> str:
+        return self.tracking_uri or default_tracking_uri(self.store)
+
+    @property
+    def report_dir(self) -> Path:
+        return self.store / "reports"
+
+
+def prepare_store(store: Path) -> None:
+    """Fail before any work if the store cannot be written (a real write: root ignores permission bits)."""
+    try:
+        store.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=store) as probe:
+            probe.write(b"\0" * 4096)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as exc:
+        raise CommandError(f"store {store} is not writable ({exc.strerror}); free space, fix its permissions or pass --store DIR") from None
+
+
+def store_failure(exc: BaseException | None) -> str | None:
+    """Why writing the store failed mid-run (disk full, read-only, no permission), else None."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in STORE_ERRNOS:
+            return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+        found = next((m for m in STORE_MESSAGES if m in str(exc)), None)
+        if found:
+            return found
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def open_study(options: Options, create: bool) -> tuple[StudySpec, optuna.Study]:
+    """The study file, and its study in storage (created when `create`, else it must exist and match)."""
+    spec = load_study(options.study)
+    if options.trial_seconds:
+        spec = dataclasses.replace(spec, trial_seconds=options.trial_seconds)
+    prepare_store(options.store)
+    opened = storage.open_storage(options.storage, options.store)
+    name = options.name or spec.name
+    if create:
+        return spec, storage.open_study(spec, opened, name)
+    study = storage.load_existing(opened, name)
+    storage.check_matches(study, spec)
+    return spec, study
+
+
+def open_tracker(options: Options, study: optuna.Study) -> Tracker:
+    """The MLflow experiment of `study` in this store (or on the tracking server)."""
+    uri = options.tracking
+    try:
+        return Tracker(uri, study.study_name, options.store / "artifacts")
+    except Exception as exc:  # an unreachable server, a bad URI, a broken database
+        if store_failure(exc):
+            raise
+        raise CommandError(redact(f"cannot open MLflow tracking at {uri}: {str(exc).splitlines()[0]}", uri)) from None
+
+
+def load_data(options: Options, spec: StudySpec) -> tuple[Source, Splits]:
+    """The data source of `--data-dir` and the study's train/validation split of it."""
+    source = resolve_source(options.data_dir)
+    return source, load_splits(source, spec.validation_fraction, spec.split_seed)
+
+
+def parent_run(study: optuna.Study, tracker: Tracker, spec: StudySpec) -> str:
+    """The study's parent MLflow run: created by its first sweep, reopened by later ones and other workers."""
+    run_id = study.user_attrs.get(PARENT_ATTR)
+    if run_id:
+        tracker.resume_run(run_id)
+        return run_id
+    mine = tracker.start_run(f"sweep-{study.study_name}", tags={"optuna.study": study.study_name})
+    study.set_user_attr(PARENT_ATTR, mine)
+    time.sleep(PARENT_SETTLE_SECONDS)  # workers starting together each wrote one: the last write holds for all
+    run_id = study.user_attrs[PARENT_ATTR]
+    if run_id != mine:
+        tracker.client.delete_run(mine)
+        return run_id
+    tracker.log_params(run_id, {"study_file": spec.path, "objectives": ",".join(spec.objectives), "sampler": spec.sampler,
+                                "pruner": spec.pruner, "trial_seconds": spec.trial_seconds, "seed": spec.seed})
+    tracker.log_artifact(run_id, spec.path)
+    tracker.describe(run_id, [p.name for p in spec.params])
+    return run_id
+
+
+@dataclass
+class SweepContext:
+    """What every trial of one sweep process shares."""
+
+    spec: StudySpec
+    study: optuna.Study
+    splits: Splits
+    tracker: Tracker
+    parent_run_id: str
+    deadline: float | None  # clock() after which no trial may run; None: no sweep budget
+    report_dir: Path  # where the trade-off chart and CSV are refreshed as trials finish
+
+    @classmethod
+    def open(cls, options: Options, deadline: float | None) -> SweepContext:
+        """Open the study (creating it), load the data (missing or bad data fails here, before any run is
+        opened), then the tracker and the study's parent run."""
+        spec, study = open_study(options, create=True)
+        splits = load_data(options, spec)[1]
+        tracker = open_tracker(options, study)
+        return cls(spec, study, splits, tracker, parent_run(study, tracker, spec), deadline, options.report_dir)
+
+    def seconds_left(self) -> float | None:
+        """The sweep's time left, or None without a sweep budget."""
+        return None if self.deadline is None else self.deadline - clock()

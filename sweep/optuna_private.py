@@ -1,0 +1,35 @@
+"""What this tool does to Optuna studies that Optuna 5.0's public API has no form for, in one place.
+
+- A trial that found no free slot goes back to WAITING, and the trial of a dead worker is marked FAIL
+  from another process, with the storage's answer telling which worker won the race (`Study.tell` with
+  `skip_if_finished` would hide it, and both racers would queue a retry).
+- The sampler's view of a study (`sweep/curves.py`) must answer `Study._get_trials`, which Optuna's
+  samplers call instead of `get_trials`.
+Check these on an Optuna upgrade: they read `Study._storage`, `Trial._trial_id` and `Study._get_trials`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+
+def set_state(study: optuna.Study, trial: optuna.Trial | FrozenTrial, state: TrialState) -> bool:
+    """Set a trial's state; False if it had already finished (another worker got there first)."""
+    try:
+        return study._storage.set_trial_state_values(trial._trial_id, state)
+    except (optuna.exceptions.UpdateFinishedTrialError, KeyError):
+        return False
+
+
+def set_user_attrs(study: optuna.Study, trial: FrozenTrial, values: dict[str, Any]) -> None:
+    """Write user attributes of a trial that another process runs (or ran)."""
+    for key, value in values.items():
+        study._storage.set_trial_user_attr(trial._trial_id, key, value)
+
+
+def get_trials(study: optuna.Study, deepcopy: bool, states: Any, use_cache: bool) -> list[FrozenTrial]:
+    """`Study._get_trials`, as the samplers call it."""
+    return study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)

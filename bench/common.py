@@ -24,12 +24,20 @@ def commit() -> str:
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
 
+def parse_args(description: str, **defaults: float) -> argparse.Namespace:
+    """A bench's command line: `--data-dir` (real MNIST, required) and a `--NAME` flag for each of `defaults`,
+    of its default's type."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data-dir", required=True)
+    for name, default in defaults.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+    return parser.parse_args()
+
+
 def warm_splits(description: str) -> tuple[str, Splits]:
     """A per-epoch bench's command line (`--data-dir`, real MNIST): the directory and its splits, the process
     warmed up first as a sweep's is, so every run it times is timed warm."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--data-dir", required=True)
-    data_dir = parser.parse_args().data_dir
+    data_dir = parse_args(description).data_dir
     from mnist_core.data import load_splits, resolve_source
     from mnist_core.trainer import warm_up
 

@@ -12,7 +12,6 @@ Usage: python bench/costmodel.py --data-dir ../shared/datasets/mnist [--minutes 
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -21,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, commit, publish
+from common import ROOT, commit, parse_args, publish
 from optuna.trial import TrialState
 
 from sweep.record import TrialRecord
@@ -30,10 +29,7 @@ from sweep.testing.stores import load
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--minutes", type=float, default=20)
-    args = parser.parse_args()
+    args = parse_args(__doc__.splitlines()[0], minutes=20.0)
     command = f"python bench/costmodel.py --data-dir {args.data_dir} --minutes {args.minutes:g}"
     budget = load_study(DEFAULT_STUDY).trial_seconds
     with tempfile.TemporaryDirectory() as store:

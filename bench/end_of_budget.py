@@ -112,14 +112,17 @@ def _machine() -> str:
 def summary(_: argparse.Namespace) -> None:
     cells = json.loads(CELLS.read_text())
     lines = ["# The end of a sweep budget", "", "Made by `python bench/end_of_budget.py cell ...` per row, then `summary`; "
-             "each row is one real-MNIST sweep in a fresh store, counted from its journal by one rule.", "",
+             "each row is one real-MNIST sweep in a fresh store, counted from its journal by one rule. `code`: this "
+             "checkout or a clone at `commit` (the code before the change runs from a clone, side by side on one machine). "
+             "The last column is empty where that code's final line gave no breakdown to check.", "",
              "| cell | code | commit | machine | complete | trained | cut for budget | of them in their first epoch | skipped | MLflow runs | final line matches the journal |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, c in cells.items():
         j = c["journal"]
-        lines.append(f"| {name} | {c['code']} | {c['commit']}{'' if c['clean_tree'] else ' (dirty)'} | {c['machine']} | {j['complete']} | "
+        code = "this checkout" if c["code"] == "this checkout" else "a clone"
+        lines.append(f"| {name} | {code} | {c['commit']}{'' if c['clean_tree'] else ' (dirty)'} | {c['machine']} | {j['complete']} | "
                      f"{j['trained']} | {j['cut_for_budget']} | {j['cut_before_first_epoch']} | {j['skipped']} | {j['mlflow_runs']} | "
-                     f"{c['final_line_matches_journal']} |")
+                     f"{'' if c['final_line_matches_journal'] is None else c['final_line_matches_journal']} |")
     for name, c in cells.items():
         lines += ["", f"## {name}", "", f"`{c['command']}` ({c['started']} to {c['ended']}, exit {c['returncode']})", "", "```",
                   *c["log"], "```"]

@@ -11,7 +11,6 @@ Usage: python bench/memory.py --data-dir ../shared/datasets/mnist [--trials 100]
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import time
 from pathlib import Path
 
 import psutil
-from common import RESULTS, commit, publish
+from common import RESULTS, commit, parse_args, publish
 
 from sweep.testing.stores import finished, study_text, sweep_process
 
@@ -86,10 +85,7 @@ def chart(runs: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--trials", type=int, default=100)
-    args = parser.parse_args()
+    args = parse_args(__doc__.splitlines()[0], trials=100)
     command = f"python bench/memory.py --data-dir {args.data_dir} --trials {args.trials}"
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:

@@ -8,14 +8,13 @@ Usage: python bench/screenshots.py --data-dir ../shared/datasets/mnist [--trials
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT
+from common import ROOT, parse_args
 
 from sweep.testing.servers import CHROMIUM, free_port, serving
 from sweep.testing.stores import load, runs
@@ -35,11 +34,7 @@ def sweep(*argv: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--trials", type=int, default=20)
-    parser.add_argument("--trial-seconds", type=float, default=30)
-    args = parser.parse_args()
+    args = parse_args(__doc__.splitlines()[0], trials=20, trial_seconds=30.0)
     if CHROMIUM is None:
         sys.exit("needs Debian's chromium package")
     command = f"python bench/screenshots.py --data-dir {args.data_dir} --trials {args.trials} --trial-seconds {args.trial_seconds:g}"

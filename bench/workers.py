@@ -8,7 +8,6 @@ Usage: python bench/workers.py --data-dir ../shared/datasets/mnist [--trials 10]
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -16,18 +15,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, commit, publish
+from common import ROOT, commit, parse_args, publish
 
 from sweep.record import TrialRecord
 from sweep.testing.stores import load
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--trials", type=int, default=10)
-    parser.add_argument("--trial-seconds", type=float, default=30)
-    args = parser.parse_args()
+    args = parse_args(__doc__.splitlines()[0], trials=10, trial_seconds=30.0)
     command = f"python bench/workers.py --data-dir {args.data_dir} --trials {args.trials} --trial-seconds {args.trial_seconds:g}"
     started = time.time()
     with tempfile.TemporaryDirectory() as store:

@@ -97,9 +97,9 @@ def _nothing_fits(ctx: SweepContext, left: float) -> str | None:
     least = model.least(param_count(cheapest.model), examples, cheapest.batch_size, needed)
     if not model.trials or least <= left:
         return None
-    return (f"nothing can fit: {left:.0f} s of the sweep budget left, and the cheapest configuration "
+    return (f"nothing can fit: {left:.1f} s of the sweep budget left, and the cheapest configuration "
             f"({cheapest.model.depth} x {cheapest.model.width}, {needed} epoch(s) at batch {cheapest.batch_size}) "
-            f"needs at least {least:.0f} s by the cost model")
+            f"needs at least {least:.1f} s by the cost model")
 
 
 @dataclass(frozen=True)

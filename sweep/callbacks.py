@@ -17,7 +17,7 @@ from tqdm import tqdm
 from sweep import report
 from sweep.context import SweepContext
 from sweep.points import hypervolume, pareto_mask, study_points
-from sweep.record import FINISHED, TrialRecord
+from sweep.record import FINISHED, TrialRecord, records
 from sweep.storage import tally
 
 # The trade-off chart and CSV are refreshed at most this often while trials finish (each costs a plot), and at the end.
@@ -73,7 +73,7 @@ def progress(study: optuna.Study, max_seconds: float) -> dict[str, float | None]
         "trials_failed": counts.failed,
         "front_size": int(pareto_mask(accuracy, seconds).sum()),
         "hypervolume": hypervolume(accuracy, seconds, max_seconds),
-        "total_train_seconds": sum(TrialRecord.load(t).train_seconds or 0.0 for t in study.get_trials(deepcopy=False)),
+        "total_train_seconds": sum(r.train_seconds or 0.0 for r in records(study)),
     }
 
 

@@ -27,7 +27,7 @@ from sweep import callbacks as shown
 from sweep import context, costmodel, storage, workers
 from sweep.context import Options, SweepContext
 from sweep.processes import check_stop, interruptible, restart
-from sweep.record import FINISHED, SWEEP_TIME_SKIP, TrialRecord
+from sweep.record import FINISHED, SWEEP_TIME_SKIP, TrialRecord, records
 from sweep.trial import pruning_for, run_trial
 
 # Stop a sweep whose last trials all failed: something is wrong beyond one configuration.
@@ -45,7 +45,7 @@ DEADLINE_ENV = "SWEEP_DEADLINE"
 
 def quickest_epoch(study: optuna.Study) -> float | None:
     """The shortest complete first epoch (warm-up included) of any trial so far: no trial scores in less."""
-    seconds = [r.curve[0][0] for r in (TrialRecord.load(t) for t in study.get_trials(deepcopy=False, states=FINISHED)) if r.curve]
+    seconds = [r.curve[0][0] for r in records(study, FINISHED) if r.curve]
     return min(seconds) if seconds else None
 
 

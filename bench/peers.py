@@ -302,9 +302,9 @@ def cell(method: str, seed: int, minutes: float, data_dir: str) -> dict:
 def curve_hypervolume(curve: list[list[float]], min_accuracy: float) -> float:
     """Hypervolume of a cell's (wall, training seconds, validation accuracy) points with the reference point
     (`min_accuracy`, REFERENCE_SECONDS)."""
-    from sweep.points import hypervolume
+    from sweep.points import Scale, hypervolume
 
-    return hypervolume([p[2] for p in curve], [p[1] for p in curve], REFERENCE_SECONDS, min_accuracy)
+    return hypervolume([p[2] for p in curve], [p[1] for p in curve], REFERENCE_SECONDS, Scale("linear", min_accuracy))
 
 
 def reference_check(cells: dict) -> dict:

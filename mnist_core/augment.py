@@ -20,20 +20,22 @@ from mnist_core.schema import bounded, check_fields
 @dataclass(frozen=True)
 class Augmentation:
     """How far each training image may move: `translate` (fraction of the side), `rotate` (degrees),
-    `scale` (relative zoom), `elastic` (displacement scale in pixels; 0 is off), `elastic_sigma` (pixels)."""
+    `scale` (relative zoom), `elastic` (displacement scale in pixels; 0 is off), `elastic_sigma` (pixels).
+    `strength` scales the four moves at once (0 turns augmentation off): one knob for a search to turn."""
 
     translate: float = bounded(0.0, float, 0.0, 0.5)
     rotate: float = bounded(0.0, float, 0.0, 180.0)
     scale: float = bounded(0.0, float, 0.0, 0.5)
     elastic: float = bounded(0.0, float, 0.0, 100.0)
     elastic_sigma: float = bounded(4.0, float, 0.5, 14.0)
+    strength: float = bounded(1.0, float, 0.0, 2.0)
 
     def __post_init__(self) -> None:
         check_fields(self)
 
     @property
     def enabled(self) -> bool:
-        return any((self.translate, self.rotate, self.scale, self.elastic))
+        return self.strength > 0 and any((self.translate, self.rotate, self.scale, self.elastic))
 
 
 def _gaussian_smooth(field, sigma: float):
@@ -87,9 +89,10 @@ def augment_batch(images, seed, augmentation: Augmentation):
     def uniform(shape, index, bound):
         return tf.random.stateless_uniform(shape, seeds[index], -bound, bound)
 
-    angle = uniform([count], 0, augmentation.rotate * math.pi / 180.0)
-    zoom = 1.0 + uniform([count], 1, augmentation.scale)
-    shift = uniform([count, 2], 2, augmentation.translate) * tf.constant([height, width], tf.float32)
+    strength = augmentation.strength
+    angle = uniform([count], 0, strength * augmentation.rotate * math.pi / 180.0)
+    zoom = 1.0 + uniform([count], 1, strength * augmentation.scale)
+    shift = uniform([count, 2], 2, strength * augmentation.translate) * tf.constant([height, width], tf.float32)
     cy, cx = (height - 1) / 2.0, (width - 1) / 2.0
     grid_y, grid_x = tf.meshgrid(tf.range(height, dtype=tf.float32) - cy, tf.range(width, dtype=tf.float32) - cx, indexing="ij")
     cos, sin, zoom = (tf.reshape(v, (-1, 1, 1)) for v in (tf.cos(angle), tf.sin(angle), zoom))
@@ -98,7 +101,7 @@ def augment_batch(images, seed, augmentation: Augmentation):
     ys = (-sin * grid_x + cos * grid_y) / zoom + cy - tf.reshape(shift[:, 0], (-1, 1, 1))
     if augmentation.elastic:
         noise = uniform([count, height, width, 2], 3, 1.0)
-        displacement = _gaussian_smooth(noise, augmentation.elastic_sigma) * augmentation.elastic
+        displacement = _gaussian_smooth(noise, augmentation.elastic_sigma) * (strength * augmentation.elastic)
         ys += displacement[..., 0]
         xs += displacement[..., 1]
     return _bilinear(images, ys, xs)

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from sweep import report
 from sweep.context import SweepContext
-from sweep.points import hypervolume, pareto_mask, study_points
+from sweep.points import Scale, hypervolume, pareto_mask, study_points
 from sweep.record import FINISHED, TrialRecord, records
 from sweep.storage import tally
 
@@ -59,8 +59,9 @@ class ConsoleLine(Callback):
         self.write(describe(trial))
 
 
-def progress(study: optuna.Study, max_seconds: float) -> dict[str, float | None]:
-    """How a study stands: best score so far, trials by outcome, the accuracy-vs-time front and its cost."""
+def progress(study: optuna.Study, max_seconds: float, scale: Scale) -> dict[str, float | None]:
+    """How a study stands: best score so far, trials by outcome, the accuracy-vs-time front (its hypervolume on
+    the study's front scale, within the per-trial budget `max_seconds`) and its cost."""
     points = study_points(study)  # every epoch of every finished trial
     accuracy = np.array([p.val_accuracy for p in points])
     seconds = np.array([p.seconds for p in points])
@@ -72,7 +73,7 @@ def progress(study: optuna.Study, max_seconds: float) -> dict[str, float | None]
         "trials_skipped": counts.skipped,
         "trials_failed": counts.failed,
         "front_size": int(pareto_mask(accuracy, seconds).sum()),
-        "hypervolume": hypervolume(accuracy, seconds, max_seconds),
+        "hypervolume": hypervolume(accuracy, seconds, max_seconds, scale),
         "total_train_seconds": sum(r.train_seconds or 0.0 for r in records(study)),
     }
 
@@ -85,7 +86,7 @@ class ParentRunMetrics(Callback):
 
     def __call__(self, study, trial):
         step = len(study.get_trials(deepcopy=False, states=FINISHED))
-        self.ctx.tracker.log_metrics(self.ctx.parent_run_id, progress(study, self.ctx.spec.trial_seconds), step=step)
+        self.ctx.tracker.log_metrics(self.ctx.parent_run_id, progress(study, self.ctx.spec.trial_seconds, self.ctx.spec.scale), step=step)
 
 
 class ChartRefresh(Callback):
@@ -103,7 +104,7 @@ class ChartRefresh(Callback):
 
     def end(self, study):
         if self.unreported:
-            report.write_report(study, self.ctx.report_dir / study.study_name, self.ctx.tracker)
+            report.write_report(study, self.ctx.report_dir / study.study_name, self.ctx.tracker, self.ctx.spec.scale)
             self.unreported, self.charted = False, time.monotonic()
 
 

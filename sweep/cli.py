@@ -18,7 +18,7 @@ from mnist_core.data import DataError
 from sweep.context import DEFAULT_STORE, CommandError, Options, store_failure
 from sweep.credentials import STORAGE_ENV, TRACKING_ENV
 from sweep.loop import RECYCLE_EVERY, run_sweep
-from sweep.studyfile import DEFAULT_STUDY, StudyFileError, load_study, study_path
+from sweep.studyfile import DEFAULT_STUDY, StudyFileError, load_study, shipped_studies, study_path
 
 
 def _number(kind: type, ok, what: str):
@@ -58,7 +58,7 @@ def _tracking(p: argparse.ArgumentParser) -> None:
 
 def _study(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", type=study_path, default=DEFAULT_STUDY,
-                   help="study file, or a shipped study: accuracy, seed, tradeoff (default: tradeoff)")
+                   help=f"study file, or a shipped study: {', '.join(shipped_studies())} (default: {DEFAULT_STUDY.stem})")
     p.add_argument("--name", help="study name in storage (default: the file's [study] name)")
     for add in (_store, _storage, _tracking):
         add(p)
@@ -96,7 +96,7 @@ def _predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--model", type=Path, help="a .keras file (default: STORE/models/STUDY.keras from `sweep best`)")
     _store(p)
-    p.add_argument("--name", help="study whose best model to use (default: tradeoff)")
+    p.add_argument("--name", help=f"study whose best model to use (default: {DEFAULT_STUDY.stem})")
 
 
 def _ui_arguments(p: argparse.ArgumentParser) -> None:

@@ -155,6 +155,8 @@ class SweepContext:
         opened), then the tracker and the study's parent run."""
         spec, study = open_study(options, create=True)
         splits = load_data(options, spec)[1]
+        # The sampler again, now that the training set's size is known: the cost-spread start predicts seconds.
+        study.sampler = storage.make_sampler(spec, len(splits.train))
         tracker = open_tracker(options, study)
         return cls(spec, study, splits, tracker, parent_run(study, tracker, spec), deadline, options.report_dir)
 

@@ -3,7 +3,7 @@
 - A trial that found no free slot goes back to WAITING, and the trial of a dead worker is marked FAIL
   from another process, with the storage's answer telling which worker won the race (`Study.tell` with
   `skip_if_finished` would hide it, and both racers would queue a retry).
-- The sampler's view of a study (`sweep/curves.py`) must answer `Study._get_trials`, which Optuna's
+- The sampler's view of a study (`sweep/views.py`) must answer `Study._get_trials`, which Optuna's
   samplers call instead of `get_trials`.
 Check these on an Optuna upgrade: they read `Study._storage`, `Trial._trial_id` and `Study._get_trials`.
 """

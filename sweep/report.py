@@ -11,7 +11,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from sweep.context import CommandError, Options, open_study, open_tracker
-from sweep.points import pareto_mask, study_points
+from sweep.points import Scale, pareto_mask, study_points
 from sweep.record import TrialRecord
 from sweep.studyfile import STUDIES
 from sweep.tracking import PARENT_ATTR, SUMMARY_METRICS, Tracker
@@ -69,10 +69,15 @@ def _label(row: pd.Series) -> str:
     return f"{shape}, ep {int(row['epoch'])}"
 
 
+# Accuracies the log-error axis labels: each step about halves the error.
+ACCURACY_TICKS = (0.5, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995)
+
+
 def plot_tradeoff(frame: pd.DataFrame, points: pd.DataFrame, path: Path, title: str,
-                  reference: tuple[str, float, float] | None = None) -> Path:
+                  reference: tuple[str, float, float] | None = None, scale: Scale = Scale("log")) -> Path:
     """Accuracy against training seconds (log scale): each trial's epochs as a line, the front of all
-    (trial, epoch) points as a staircase.
+    (trial, epoch) points as a staircase. On the log front scale the accuracy axis is the error's logarithm,
+    so 99% -> 99.5% is as tall as 96% -> 98%.
 
     `reference` is (label, seconds, accuracy) of a model to compare with, e.g. the seed model.
     """
@@ -80,6 +85,7 @@ def plot_tradeoff(frame: pd.DataFrame, points: pd.DataFrame, path: Path, title: 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
     complete = frame[frame["state"] == TrialState.COMPLETE.name]
@@ -98,14 +104,21 @@ def plot_tradeoff(frame: pd.DataFrame, points: pd.DataFrame, path: Path, title: 
         name, seconds, accuracy = reference
         ax.scatter([seconds], [accuracy], s=120, marker="*", color="tab:orange", zorder=4, label=name)
     accuracies = pd.concat([complete["best_val_accuracy"], pd.Series([reference[2]] if reference else [], dtype=float)]).dropna()
-    if len(accuracies):
+    if scale.name == "log":
+        ax.set_yscale("function", functions=(scale.score, lambda score: 1.0 - 10.0 ** -np.asarray(score, float)))
+        ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(ACCURACY_TICKS))
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda a, _: f"{100 * a:g}%"))
+        ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        if len(accuracies):
+            ax.set_ylim(min(accuracies.quantile(0.1), 0.9), 1.0 - (1.0 - accuracies.max()) / 2)
+    elif len(accuracies):
         ax.set_ylim(max(accuracies.quantile(0.1) - 0.02, 0.0), min(accuracies.max() + 0.01, 1.0))
     if (pd.concat([complete, pruned])["train_seconds"] > 0).any():
         ax.set_xscale("log")
     if complete.empty:
         ax.text(0.5, 0.5, "no complete trial yet", transform=ax.transAxes, ha="center", color="grey")
     ax.set_xlabel("training seconds (log scale)")
-    ax.set_ylabel("best validation accuracy")
+    ax.set_ylabel("best validation accuracy" + (" (log of the error)" if scale.name == "log" else ""))
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right")
@@ -116,14 +129,14 @@ def plot_tradeoff(frame: pd.DataFrame, points: pd.DataFrame, path: Path, title: 
     return path
 
 
-def write_report(study: optuna.Study, out: Path, tracker: Tracker) -> tuple[pd.DataFrame, Path, Path]:
+def write_report(study: optuna.Study, out: Path, tracker: Tracker, scale: Scale) -> tuple[pd.DataFrame, Path, Path]:
     """`trials.csv`, `points.csv` (every epoch) and `tradeoff.png` in `out`, also logged to the study's parent MLflow run."""
     frame, points = trials_frame(study), points_frame(study)
     out.mkdir(parents=True, exist_ok=True)
     csv_path, points_path = out / "trials.csv", out / "points.csv"
     frame.to_csv(csv_path, index=False)
     points.to_csv(points_path, index=False)
-    chart = plot_tradeoff(frame, points, out / "tradeoff.png", f"{study.study_name}: accuracy vs training time", seed_reference())
+    chart = plot_tradeoff(frame, points, out / "tradeoff.png", f"{study.study_name}: accuracy vs training time", seed_reference(), scale)
     parent = study.user_attrs.get(PARENT_ATTR)
     if parent:
         for artifact in (csv_path, points_path, chart):
@@ -140,10 +153,10 @@ def table(frame: pd.DataFrame) -> str:
 
 def run_report(options: Options, out: Path | None) -> int:
     """`sweep report`: print the table and write the CSVs and the chart (also to the parent run)."""
-    _, study = open_study(options, create=False)
+    spec, study = open_study(options, create=False)
     if not study.trials:
         raise CommandError(f"study {study.study_name!r} has no trials yet")
-    frame, csv_path, chart = write_report(study, (out or options.report_dir) / study.study_name, open_tracker(options, study))
+    frame, csv_path, chart = write_report(study, (out or options.report_dir) / study.study_name, open_tracker(options, study), spec.scale)
     print(table(frame))
     print(f"\nwrote {csv_path}, {csv_path.with_name('points.csv')} (every epoch of every trial) and {chart} "
           "(Pareto set: pareto=True)")

@@ -22,9 +22,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweep import optuna_private
 from sweep.credentials import mask_url, redact
-from sweep.curves import CurveView
 from sweep.record import FINISHED, records
+from sweep.spread import CostSpread
 from sweep.studyfile import StudySpec
+from sweep.views import CurveView, ScaledView
 
 JOURNAL_NAME = "optuna.journal"
 # Workers starting together on a new database each try to create Optuna's schema: one wins, the others
@@ -139,11 +140,28 @@ SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
 }
 
 
-def make_sampler(spec: StudySpec) -> TrialSeededSampler:
-    """The study file's sampler, seeded per trial; with `learn_from_epochs` it also sees every epoch as a trial."""
-    if not spec.learn_from_epochs:
-        return TrialSeededSampler(SAMPLERS[spec.sampler], spec.seed)
-    return TrialSeededSampler(SAMPLERS[spec.sampler], spec.seed, lambda study: CurveView(study, spec))
+def make_sampler(spec: StudySpec, train_examples: int | None = None) -> TrialSeededSampler:
+    """The study file's sampler, seeded per trial, seeing the study through `sweep/views.py`: the objectives on
+    the front's scale (log: decades of seconds and of error), and with `learn_from_epochs` every epoch as a
+    trial. With `cost_spread_trials` and the training set's size, its first trials are spread over cost."""
+    base = SAMPLERS[spec.sampler]
+    factory = base
+    if spec.cost_spread_trials and train_examples:
+        factory = lambda seed: CostSpread(base(seed), spec, train_examples, seed)  # noqa: E731
+    views: list[Callable[[Any], Any]] = []
+    if spec.learn_from_epochs:
+        views.append(lambda study: CurveView(study, spec))
+    if spec.multi_objective and spec.front_scale != "linear":
+        views.append(lambda study: ScaledView(study, spec.objectives, spec.scale))
+    if not views:
+        return TrialSeededSampler(factory, spec.seed)
+
+    def view(study: optuna.Study) -> Any:
+        for make in views:
+            study = make(study)
+        return study
+
+    return TrialSeededSampler(factory, spec.seed, view)
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:

@@ -20,14 +20,15 @@ from mnist_core.augment import Augmentation
 from mnist_core.model import MLPConfig
 from mnist_core.schema import Bound, bounds
 from mnist_core.trainer import TrainConfig
+from sweep.points import SCALES, Scale
 
 # The study files shipped with the package (`studies/` in the source tree links here).
 STUDIES = Path(__file__).resolve().parent / "studies"
-DEFAULT_STUDY = STUDIES / "tradeoff.toml"
+DEFAULT_STUDY = STUDIES / "map.toml"
 
 
 def study_path(text: str) -> Path:
-    """`--study`: a study file, or the name of a shipped one (`accuracy`, `seed`, `tradeoff`)."""
+    """`--study`: a study file, or the name of a shipped one (`map`, `accuracy`, `seed`, `tradeoff`)."""
     path = Path(text)
     if not path.exists() and not path.suffix and (STUDIES / f"{text}.toml").is_file():
         return STUDIES / f"{text}.toml"
@@ -58,7 +59,7 @@ PRUNERS = ("none", "median", "hyperband", "dominance")  # dominance: ours, for a
 ROLES = ("scientific", "nuisance")
 SCHEMA = {
     "study": {"name", "description", "objectives", "sampler", "pruner", "pruner_warmup_epochs", "learn_from_epochs", "seed", "trials",
-              "min_epochs"},
+              "min_epochs", "front_scale", "cost_spread_trials"},
     "budget": {"trial_seconds", "sweep_seconds"},
     "data": {"validation_fraction", "split_seed"},
     "scientific": set(HYPERPARAMETERS),
@@ -77,6 +78,15 @@ class Param:
     high: float | None = None
     log: bool = False
     choices: tuple | None = None
+
+    @property
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        """Optuna's distribution of this parameter, as `suggest` asks for it."""
+        if self.choices is not None:
+            return optuna.distributions.CategoricalDistribution(list(self.choices))
+        if HYPERPARAMETERS[self.name].kind is int:
+            return optuna.distributions.IntDistribution(int(self.low), int(self.high), log=self.log)
+        return optuna.distributions.FloatDistribution(self.low, self.high, log=self.log)
 
     def suggest(self, trial: optuna.trial.BaseTrial) -> Any:
         if self.choices is not None:
@@ -107,6 +117,12 @@ class StudySpec:
     params: tuple[Param, ...]
     fixed: dict[str, Any] = field(default_factory=dict)
     min_epochs: int | None = None  # None: the default rule of `epochs_needed`
+    front_scale: str = "log"  # how the sampler, the hypervolume and the chart compare the front (`points.Scale`)
+    cost_spread_trials: int = 0  # the first trials, each placed at its own level of predicted cost (sweep/spread.py)
+
+    @property
+    def scale(self) -> Scale:
+        return Scale(self.front_scale)
 
     @property
     def every_epoch_is_a_point(self) -> bool:
@@ -268,6 +284,9 @@ def _study_section(path: Path, study: dict[str, Any]) -> dict[str, Any]:
     if len(set(objectives)) != len(objectives):
         raise _fail(path, "study.objectives", "repeats an objective")
     sampler, pruner = _sampler_and_pruner(path, study, objectives)
+    front_scale = study.get("front_scale", "log")
+    if front_scale not in SCALES:
+        raise _fail(path, "study.front_scale", f"{front_scale!r} is not one of {', '.join(repr(s) for s in SCALES)}")
     learn_from_epochs = study.get("learn_from_epochs", False)
     if not isinstance(learn_from_epochs, bool):
         raise _fail(path, "study.learn_from_epochs", f"must be true or false, got {learn_from_epochs!r}")
@@ -278,6 +297,8 @@ def _study_section(path: Path, study: dict[str, Any]) -> dict[str, Any]:
         pruner_warmup_epochs=_number(path, "study.pruner_warmup_epochs", study.get("pruner_warmup_epochs", 1), int, 1, 10_000),
         learn_from_epochs=learn_from_epochs,
         min_epochs=_number(path, "study.min_epochs", study["min_epochs"], int, 1, 10_000) if "min_epochs" in study else None,
+        front_scale=front_scale,
+        cost_spread_trials=_number(path, "study.cost_spread_trials", study.get("cost_spread_trials", 0), int, 0, 10_000),
         seed=_number(path, "study.seed", study.get("seed", 0), int, 0, 2**31 - 1),
         trials=_number(path, "study.trials", study.get("trials", 50), int, 1, 100_000),
     )

@@ -11,7 +11,6 @@ from optuna.trial import TrialState
 from sweep.cli import COMMANDS, main
 from sweep.testing.stores import load
 
-STUDY = Path(__file__).resolve().parents[1] / "studies" / "tradeoff.toml"
 
 
 def run(capsys, *argv):
@@ -83,7 +82,7 @@ def test_zero_byte_journal_starts_a_new_study(capsys, tmp_path, idx_dir, study_f
     (tmp_path / "optuna.journal").write_bytes(b"")
     code, err = run(capsys, "report", "--store", tmp_path)
     assert code == 2
-    assert_one_line(err, "no study named 'tradeoff'")
+    assert_one_line(err, "no study named 'map'")
     code, err = run(capsys, "run", "--study", study_file, "--store", tmp_path, "--data-dir", idx_dir, "--trials", "1")
     assert code == 0, err
     (trial,) = load(tmp_path).trials  # the study was started in that journal
@@ -109,7 +108,7 @@ def test_report_and_best_without_a_study(capsys, tmp_path):
     for command in ("report", "best"):
         code, err = run(capsys, command, "--store", tmp_path)
         assert code == 2
-        assert_one_line(err, "no study named 'tradeoff'", "sweep run")
+        assert_one_line(err, "no study named 'map'", "sweep run")
 
 
 def test_predict_without_model_or_with_a_bad_image(capsys, tmp_path):

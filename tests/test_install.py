@@ -37,7 +37,7 @@ def test_a_wheel_install_runs_the_default_study_from_another_directory(tmp_path,
                           cwd=elsewhere, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2/2 trials trained" in done.stdout
-    assert len(load(elsewhere / "mlruns", "tradeoff").trials) >= 2  # the shipped default study, in ./mlruns
+    assert len(load(elsewhere / "mlruns", "map").trials) >= 2  # the shipped default study, in ./mlruns
     shipped = subprocess.check_output([python, "-c", "from sweep.studyfile import study_path; print(study_path('accuracy'))"],
                                       cwd=elsewhere, text=True)
     assert Path(shipped.strip()).is_relative_to(purelib)

@@ -12,7 +12,7 @@ from optuna.distributions import IntDistribution
 from optuna.trial import TrialState
 
 from sweep.best import SelectionError, model_name, select_point
-from sweep.points import front, hypervolume, pareto_mask
+from sweep.points import Scale, front, hypervolume, pareto_mask
 from sweep.report import SEED_REFERENCE, seed_reference
 
 
@@ -86,7 +86,22 @@ def test_hypervolume_of_a_known_front():
     assert hypervolume(np.array(accuracy), np.array(seconds), 20.0) == pytest.approx(17.1 + 0.9 + 0.2)
     assert hypervolume(np.array([]), np.array([]), 20.0) == 0.0
     # From accuracy 0.95 up, only what lies above it counts: 0.02 x 10 (the 0.95 point itself adds nothing).
-    assert hypervolume(np.array(accuracy), np.array(seconds), 20.0, min_accuracy=0.95) == pytest.approx(0.2)
+    assert hypervolume(np.array(accuracy), np.array(seconds), 20.0, Scale("linear", 0.95)) == pytest.approx(0.2)
+
+
+def test_log_hypervolume_counts_decades_of_time_and_of_error():
+    # Reference: error 0.1 (90%) and 100 s. Error 0.01 in 1 s spans 1 decade of error over 2 decades of time.
+    assert hypervolume(np.array([0.99]), np.array([1.0]), 100.0, Scale("log")) == pytest.approx(1.0 * 2.0)
+    # Halving the error counts alike at either end of the accuracy range: 90% -> 95% as 99% -> 99.5%.
+    gains = [hypervolume(np.array([a]), np.array([1.0]), 100.0, Scale("log")) for a in (0.95, 0.99, 0.995)]
+    assert gains[0] == pytest.approx(gains[2] - gains[1])
+    # 0.1 s -> 1 s is worth as much as 10 s -> 100 s: the fast point gains a decade over the same error.
+    fast = hypervolume(np.array([0.99, 0.99]), np.array([0.1, 50.0]), 100.0, Scale("log"))
+    assert fast == pytest.approx(3.0)
+    # Clamped, not infinite: accuracy 1 and 0 s.
+    assert np.isfinite(hypervolume(np.array([1.0]), np.array([0.0]), 100.0, Scale("log")))
+    # On the linear scale the same fast point adds next to nothing.
+    assert hypervolume(np.array([0.99, 0.99]), np.array([0.1, 50.0]), 100.0) == pytest.approx(0.99 * 99.9)
 
 
 def test_charts_place_the_seed_model_from_its_stored_measurement(tmp_path):

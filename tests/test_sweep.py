@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 from mnist_core import trainer as trainer_module
 from sweep import loop
 from sweep import trial as trial_module
+from sweep.points import Scale, hypervolume
 from sweep.storage import count_finished
 from sweep.testing.stores import TINY, load, runs
 
@@ -69,7 +70,10 @@ def test_four_trial_sweep_end_to_end(cli):
     points = pd.read_csv(Path(client.download_artifacts(parent, "points.csv")))
     assert len(points) == sum(t.params["epochs"] for t in trials)
     assert parents[0].data.metrics["front_size"] == points["pareto"].sum() >= 1
-    assert parents[0].data.metrics["hypervolume"] > 0
+    # On the study's (default, log) front scale, within its per-trial budget: decades of time and of error.
+    logged = parents[0].data.metrics["hypervolume"]
+    assert logged == pytest.approx(hypervolume(points["val_accuracy"], points["train_seconds"], 120.0, Scale("log")))
+    assert logged != pytest.approx(hypervolume(points["val_accuracy"], points["train_seconds"], 120.0, Scale("linear")))
     experiment = client.get_experiment_by_name("tiny")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     view = json.loads(experiment.tags["mlflow.sharedViewState.sweep"])

@@ -102,7 +102,7 @@ def test_batches_per_execution_change_no_result(splits):
 
 
 def test_at_a_constant_rate_the_first_epochs_of_a_long_run_are_the_short_run(splits):
-    """What lets the sampler learn from every epoch (sweep/curves.py): epoch k of K is the k-epoch run."""
+    """What lets the sampler learn from every epoch (sweep/views.py): epoch k of K is the k-epoch run."""
     model = dataclasses.replace(SMALL.model, dropout=0.2, jit_compile=False)
     metrics = lambda r: [(e.loss, e.accuracy, e.val_loss, e.val_accuracy) for e in r.epochs]  # noqa: E731
     short, long = (train(TrainConfig(model, epochs=n, batch_size=32), splits) for n in (2, 3))

@@ -1,6 +1,9 @@
-"""The sampler sees the curve: a constant-rate trial's epochs are shown to it as the shorter trials they are."""
+"""What the sampler sees: the objectives on the front's scale, and a constant-rate trial's epochs as the shorter
+trials they are."""
 
 from __future__ import annotations
+
+import math
 
 import optuna
 import pytest
@@ -8,10 +11,11 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from sweep import record
-from sweep.curves import DERIVED_ATTR, CurveView
+from sweep.points import Scale
 from sweep.storage import TrialSeededSampler, make_sampler
 from sweep.studyfile import load_study
 from sweep.testing.stores import study_text
+from sweep.views import DERIVED_ATTR, CurveView, ScaledView
 
 SPACE = {
     "depth": IntDistribution(1, 2), "width": IntDistribution(8, 32, log=True), "epochs": IntDistribution(1, 4),
@@ -64,3 +68,40 @@ def test_the_sampler_is_shown_the_derived_trials_only_when_the_study_asks_for_it
         add(study, 3, [[1.0, 0.90], [2.0, 0.92], [3.0, 0.95]])
         study.ask(SPACE)
         assert seen and set(seen) == {expected}
+
+
+def test_on_the_log_scale_the_sampler_sees_decades_and_the_storage_keeps_raw_values(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'scaled.db'}"
+    study = optuna.create_study(study_name="scaled", storage=storage, directions=["maximize", "minimize"])
+    add(study, 2, [[0.5, 0.90], [10.0, 0.99]])
+    add(study, 2, [[1.0, 0.80]], state=TrialState.PRUNED)
+    seen = ScaledView(study, ("val_accuracy", "train_seconds"), Scale("log")).get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert seen[0].values == pytest.approx([2.0, 1.0])  # error 0.01: 2 decades below 1; 10 s: 1 decade above 1 s
+    assert seen[1].values is None  # a pruned trial has no values to scale
+    # Objectives in the other order are scaled by name; accuracy 1 and 0 s are clamped, not infinite.
+    other = optuna.create_study(directions=["minimize", "maximize"])
+    other.add_trial(optuna.trial.create_trial(params={}, distributions={}, values=[0.0, 1.0]))
+    assert all(map(math.isfinite, ScaledView(other, ("train_seconds", "val_accuracy"), Scale("log")).get_trials()[0].values))
+    assert [t.values for t in optuna.load_study(study_name="scaled", storage=storage).get_trials()] == [[0.99, 10.0], None]
+
+
+def test_the_study_file_chooses_the_scale_the_sampler_sees(tmp_path):
+    seen = []
+
+    class Recording(optuna.samplers.RandomSampler):
+        def sample_independent(self, study, trial, name, distribution):
+            seen.extend(t.values for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+            return super().sample_independent(study, trial, name, distribution)
+
+    for scale, expected in (("log", [2.0, 1.0]), ("linear", [0.99, 10.0])):
+        path = tmp_path / f"{scale}.toml"
+        path.write_text(study_text(scale).replace("seed = 0", f'seed = 0\nfront_scale = "{scale}"'))
+        spec = load_study(path)
+        assert spec.front_scale == scale
+        sampler = make_sampler(spec)
+        sampler._factory = Recording  # the study file's views, around a sampler that records what it is shown
+        study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+        add(study, 2, [[0.5, 0.90], [10.0, 0.99]])
+        seen.clear()
+        study.ask(SPACE)
+        assert seen[0] == pytest.approx(expected)

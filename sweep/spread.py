@@ -1,0 +1,88 @@
+"""A cost-spread start: the study's first trials, each placed at its own level of predicted training time.
+
+A sampler left to itself starts with random configurations, and a random draw of depth, width and epochs
+lands mostly in the middle decades of cost; the model-based search that follows refines what it was shown.
+Here trial i of the first n targets the cost level (i + 1/2) / n of the way, in decades, from the cheapest
+configuration the space allows to the per-trial budget: the search starts from every decade of the map,
+cheapest first so that the cost model (`sweep/costmodel.py`) is fitted on measured trials before it places
+the expensive ones. Each trial draws CANDIDATES configurations at random, with its own seed, and runs the
+one whose predicted time is nearest its level, so the knobs that do not set the cost stay random.
+After the first n trials the study's own sampler (TPE) takes over.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial
+
+from mnist_core.model import param_count
+from sweep import costmodel
+from sweep.studyfile import HYPERPARAMETERS, Param, StudySpec
+
+# Random configurations drawn per spread trial: enough that some lie near any level of cost.
+CANDIDATES = 256
+
+
+def draw(param: Param, rng: np.random.Generator) -> Any:
+    """A value of `param` drawn as a random sampler would: uniform, or log-uniform on a log range."""
+    if param.choices is not None:
+        return param.choices[int(rng.integers(len(param.choices)))]
+    integer = HYPERPARAMETERS[param.name].kind is int
+    low, high = param.low, param.high + 1 if integer else param.high  # an integer range includes its high end
+    value = math.exp(rng.uniform(math.log(low), math.log(high))) if param.log else rng.uniform(low, high)
+    return int(min(math.floor(value), param.high)) if integer else float(min(value, param.high))
+
+
+def level(spec: StudySpec, index: int, cheapest: float) -> float:
+    """The predicted seconds spread trial `index` aims at: evenly spaced in decades from `cheapest` to the budget."""
+    top = max(spec.trial_seconds, cheapest)
+    return math.exp(math.log(cheapest) + (index + 0.5) / spec.cost_spread_trials * (math.log(top) - math.log(cheapest)))
+
+
+class CostSpread(optuna.samplers.BaseSampler):
+    """`inner`, except for the study's first `cost_spread_trials` trials: those are placed on levels of cost."""
+
+    def __init__(self, inner: optuna.samplers.BaseSampler, spec: StudySpec, examples: int, seed: int):
+        self._inner, self._spec, self._examples = inner, spec, examples
+        self._rng = np.random.default_rng(seed)
+
+    def _spread(self, trial: FrozenTrial) -> bool:
+        return trial.number < self._spec.cost_spread_trials
+
+    def infer_relative_search_space(self, study, trial):
+        if self._spread(trial):
+            return {p.name: p.distribution for p in self._spec.params}
+        return self._inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        if not self._spread(trial):
+            return self._inner.sample_relative(study, trial, search_space)
+        return self.place(study, trial.number)
+
+    def place(self, study: optuna.Study, index: int) -> dict[str, Any]:
+        """The candidate whose predicted seconds (on the cost model of the trials so far) are nearest level `index`."""
+        model = costmodel.fit(study, self._examples)
+
+        def seconds(config) -> float:
+            return model.predict(param_count(config.model), self._examples, config.batch_size, config.epochs)
+
+        target = math.log(level(self._spec, index, seconds(self._spec.cheapest_config())))
+        candidates = [{p.name: draw(p, self._rng) for p in self._spec.params} for _ in range(CANDIDATES)]
+        cost = [math.log(seconds(self._spec.config_for(optuna.trial.FixedTrial(c), seed=0))) for c in candidates]
+        return candidates[int(np.argmin(np.abs(np.array(cost) - target)))]
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial):
+        self._inner.before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values):
+        self._inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._inner.reseed_rng()

@@ -151,7 +151,7 @@ def run_plain(seed: int, data_dir: str) -> dict:
         record.save(trial, curve=curve)
         if not curve:
             raise optuna.TrialPruned("cut inside its first epoch")
-        return max(a for _, a in curve), result.train_seconds
+        return max(a for _, a in curve), result.seconds
 
     def enough(study, _):
         if sum(r.trained for r in records(study)) >= TRIALS:
@@ -175,7 +175,7 @@ def run_seed_model(data_dir: str) -> dict:
     splits = load_splits(resolve_source(data_dir), spec.validation_fraction, spec.split_seed)
     warm_up(splits)
     result = train(TrainConfig(MLPConfig(depth=5, width=2000), epochs=10, batch_size=100), splits)
-    return {"command": "mnist_core.trainer.train(5 x 2000, 10 epochs, batch 100, Adam)", "train_seconds": result.train_seconds,
+    return {"command": "mnist_core.trainer.train(5 x 2000, 10 epochs, batch 100, Adam)", "train_seconds": result.seconds,
             "val_accuracy": max(e.val_accuracy for e in result.epochs)}
 
 

@@ -110,7 +110,7 @@ def plot_tradeoff(frame: pd.DataFrame, points: pd.DataFrame, path: Path, title: 
         ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda a, _: f"{100 * a:g}%"))
         ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         if len(accuracies):
-            ax.set_ylim(min(accuracies.quantile(0.1), 0.9), 1.0 - (1.0 - accuracies.max()) / 2)
+            ax.set_ylim(min(accuracies.quantile(0.1), 0.9), 1.0 - max((1.0 - accuracies.max()) / 2, 5e-4))  # at most 99.95%
     elif len(accuracies):
         ax.set_ylim(max(accuracies.quantile(0.1) - 0.02, 0.0), min(accuracies.max() + 0.01, 1.0))
     if (pd.concat([complete, pruned])["train_seconds"] > 0).any():

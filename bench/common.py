@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +24,22 @@ RESULTS = ROOT / "bench" / "results"
 def commit() -> str:
     """The short commit being measured."""
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
+def clean_tree() -> bool:
+    """Whether every tracked file outside bench/results/ matches the commit (results written by earlier cells
+    do not count)."""
+    changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results"],
+                             cwd=ROOT, capture_output=True, text=True).stdout
+    return not changed.strip()
+
+
+def machine() -> str:
+    """The CPU a bench ran on: its model, how many CPUs, and its widest vector instructions."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), platform.processor())
+    vectors = "AVX-512" if "avx512f" in info else "AVX2" if "avx2" in info else "no AVX2"
+    return f"{model}, {os.cpu_count()} CPUs, {vectors}"
 
 
 def parse_args(description: str, **defaults: float) -> argparse.Namespace:

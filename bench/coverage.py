@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
 import statistics
 import subprocess
@@ -42,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-from common import RESULTS, ROOT
+from common import RESULTS, ROOT, clean_tree, commit, machine
 
 from sweep.points import Scale, front, hypervolume
 from sweep.record import records
@@ -62,17 +61,6 @@ WINNER = {"width": 1147, "dropout": 0.15897663659937938, "learning_rate": 0.0008
           "weight_decay": 0.0060843366042818365, "label_smoothing": 0.032294705653332804,
           "input_dropout": 0.042365479933890476, "elastic": 19.00139538020308}
 KEPT = re.compile(r"^(study |trial |stopping|\d+/\d+ trials trained)")
-
-
-def git(*argv: str) -> str:
-    return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-
-
-def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    flags = Path("/proc/cpuinfo").read_text()
-    return f"{model}, {len(flags.split('processor')) - 1} CPUs, {'AVX-512' if 'avx512f' in flags else 'AVX2'}"
 
 
 def study_file(method: str, seed: int, work: Path) -> Path:
@@ -206,9 +194,7 @@ def cell(args: argparse.Namespace) -> None:
         result, key = run_plain(args.seed, args.data_dir), f"{args.method}/{args.seed}"
     else:
         result, key = run_sweep(args.method, args.seed, args.data_dir), f"{args.method}/{args.seed}"
-    result.update(method=args.method, seed=args.seed, commit=git("rev-parse", "--short", "HEAD"),
-                  clean_tree=not git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results"),
-                  machine=machine(), started=started, ended=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    result.update(method=args.method, seed=args.seed, commit=commit(), clean_tree=clean_tree(), machine=machine(), started=started, ended=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   invocation=" ".join(["python", "bench/coverage.py", *sys.argv[1:]]))
     cells = json.loads(CELLS.read_text()) if CELLS.exists() else {}
     cells[key] = result
@@ -289,11 +275,9 @@ def chart(by_method: dict, ref_front: list, hv: dict, bins: list, seed_model: di
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker
 
-    from sweep.report import ACCURACY_TICKS
+    from sweep.report import log_error_axis
 
-    scale = Scale("log")
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
     if ref_front:
         s, a = zip(*ref_front)
@@ -311,10 +295,7 @@ def chart(by_method: dict, ref_front: list, hv: dict, bins: list, seed_model: di
     for lo, _ in bins:
         ax.axvline(lo, color="grey", lw=0.5, alpha=0.4)
     ax.set_xscale("log")
-    ax.set_yscale("function", functions=(scale.score, lambda y: 1.0 - 10.0 ** -np.asarray(y, float)))
-    ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(ACCURACY_TICKS))
-    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda a, _: f"{100 * a:g}%"))
-    ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    log_error_axis(ax)
     ax.set_ylim(0.9, 0.998)
     ax.set_xlabel("training seconds (log scale)")
     ax.set_ylabel("best validation accuracy (log of the error)")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 
 import optuna
-from common import RESULTS, ROOT
+from common import RESULTS, ROOT, machine
 from optuna.trial import TrialState
 
 from sweep.record import records
@@ -86,7 +85,7 @@ def cell(args: argparse.Namespace) -> None:
     result = {
         "name": args.name, "command": " ".join(command), "code": "this checkout" if code == ROOT else str(code),
         "commit": git(code, "rev-parse", "--short", "HEAD"), "clean_tree": not git(code, "status", "--porcelain", "--untracked-files=no"),
-        "machine": _machine(), "started": started, "ended": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine(), "started": started, "ended": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "returncode": returncode, "journal": journal, "final_line": final,
         "final_line_matches_journal": final_line_matches(final, journal), "log": lines,
     }
@@ -101,12 +100,6 @@ def study_name(store: Path) -> str:
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(store / "optuna.journal")))
     (name,) = optuna.get_all_study_names(storage)
     return name
-
-
-def _machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    return f"{model}, {len(Path('/proc/cpuinfo').read_text().split('processor')) - 1} CPUs"
 
 
 def summary(_: argparse.Namespace) -> None:

@@ -131,7 +131,8 @@ def parent_run(study: optuna.Study, tracker: Tracker, spec: StudySpec) -> str:
         tracker.client.delete_run(mine)
         return run_id
     tracker.log_params(run_id, {"study_file": spec.path, "objectives": ",".join(spec.objectives), "sampler": spec.sampler,
-                                "pruner": spec.pruner, "trial_seconds": spec.trial_seconds, "seed": spec.seed})
+                                "pruner": spec.pruner, "trial_seconds": spec.trial_seconds, "seed": spec.seed,
+                                "front_scale": spec.front_scale, "cost_spread_trials": spec.cost_spread_trials})
     tracker.log_artifact(run_id, spec.path)
     tracker.describe(run_id, [p.name for p in spec.params])
     return run_id

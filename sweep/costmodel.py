@@ -1,12 +1,15 @@
 """How long a trial will train, predicted before it runs from the study's own finished trials.
 
-    seconds = warm-up + epochs x (batches per epoch x per_batch + parameters x examples x per_param_example)
+    seconds = warm-up + epochs x (batches per epoch x per_batch + parameters x examples x per_param_example
+                                  + examples x per_augmented_example, if the run moves its training images)
 
 Small nets pay per batch (a traced call, the input pipeline); big ones per parameter-example (the
-arithmetic): batch size moves the first term, the net's size the second. Both coefficients are fitted
-to the steady epochs (the first, which also pays for tracing, is left out) of trials that had at least
-one, minimising the relative error, and refitted once without any trial the first fit misses by more
-than half: a short or disturbed run cannot poison the model. A trial cut inside its first epoch still
+arithmetic): batch size moves the first term, the net's size the second. Augmentation pays per image
+(`mnist_core/augment.py`: a resampling and, for elastic distortion, a blur of each image), whatever the
+net: for a small net it is most of the epoch. The coefficients are fitted to the steady epochs (the first,
+which also pays for tracing, is left out) of trials that had at least one, minimising the relative error
+with none negative, and refitted once without any trial the first fit misses by more than half: a short
+or disturbed run cannot poison the model. A trial cut inside its first epoch still
 timed its batches (`step_seconds`): that measures an epoch too. The warm-up is the median extra time of
 the trials' first epochs. One trial scales the trainer's nominal rates; with none, those rates stand in
 (they err low, so a trial is not skipped on a guess).
@@ -19,6 +22,7 @@ projection from its measured batches then stops what still cannot.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -32,6 +36,9 @@ from sweep.record import FINISHED, TrialRecord, records
 OUTLIER = 0.5
 # `low` is this quantile of measured / predicted over the fitted trials: optimistic, but not the one extreme.
 LOW_QUANTILE = 0.1
+# The prior's seconds to augment one training image, erring low as the trainer's nominal rates do
+# (bench/results/coverage.md shows the fitted figure of real sweeps).
+NOMINAL_AUGMENT_SECONDS = 2e-5
 
 
 @dataclass(frozen=True)
@@ -41,48 +48,61 @@ class CostModel:
     warmup: float
     trials: int  # how many trials it was fitted on (0: the nominal prior)
     low: float = 1.0  # measured / predicted at the optimistic end of this model's error (<= 1)
+    per_augmented_example: float = 0.0
 
-    def per_epoch(self, n_params: int, examples: int, batch_size: int) -> float:
-        return math.ceil(examples / batch_size) * self.per_batch + n_params * examples * self.per_param_example
+    @property
+    def coefficients(self) -> np.ndarray:
+        return np.array([self.per_batch, self.per_param_example, self.per_augmented_example])
 
-    def predict(self, n_params: int, examples: int, batch_size: int, epochs: int) -> float:
-        return self.warmup + epochs * self.per_epoch(n_params, examples, batch_size)
+    def per_epoch(self, n_params: int, examples: int, batch_size: int, augmented: bool = False) -> float:
+        return float(_features(n_params, examples, batch_size, augmented) @ self.coefficients)
 
-    def least(self, n_params: int, examples: int, batch_size: int, epochs: int) -> float:
+    def predict(self, n_params: int, examples: int, batch_size: int, epochs: int, augmented: bool = False) -> float:
+        return self.warmup + epochs * self.per_epoch(n_params, examples, batch_size, augmented)
+
+    def least(self, n_params: int, examples: int, batch_size: int, epochs: int, augmented: bool = False) -> float:
         """The optimistic end of the prediction: the least time the model's own error allows."""
-        return self.low * self.predict(n_params, examples, batch_size, epochs)
+        return self.low * self.predict(n_params, examples, batch_size, epochs, augmented)
 
 
-PRIOR = CostModel(per_batch=STEP_OVERHEAD_SECONDS, per_param_example=1 / NOMINAL_RATE, warmup=0.0, trials=0)
+PRIOR = CostModel(per_batch=STEP_OVERHEAD_SECONDS, per_param_example=1 / NOMINAL_RATE, warmup=0.0, trials=0,
+                  per_augmented_example=NOMINAL_AUGMENT_SECONDS)
+
+
+def _features(n_params: int, examples: int, batch_size: int, augmented: bool) -> np.ndarray:
+    """An epoch's work by term: batches, parameter-examples, augmented images."""
+    return np.array([math.ceil(examples / batch_size), n_params * examples, examples if augmented else 0], dtype=float)
 
 
 def _fit(features: np.ndarray, seconds: np.ndarray) -> np.ndarray:
-    """Non-negative coefficients minimising the relative error of features @ coefficients against seconds."""
+    """Non-negative coefficients minimising the relative error of features @ coefficients against seconds:
+    the least-squares fit of the subset of terms (of three, seven subsets) that fits best with none negative."""
     weighted = features / seconds[:, None]
-    coefficients, *_ = np.linalg.lstsq(weighted, np.ones(len(seconds)), rcond=None)
-    if (coefficients >= 0).all():
-        return coefficients
-    # One term alone explains the data better than a negative mix: keep the better single-term fit.
-    best, best_error = np.zeros(2), math.inf
-    for column in range(2):
-        single = np.zeros(2)
-        x = weighted[:, column]
-        single[column] = max(x.sum() / (x @ x), 0.0) if x @ x > 0 else 0.0
-        error = np.sum((weighted @ single - 1) ** 2)
-        if error < best_error:
-            best, best_error = single, error
+    target = np.ones(len(seconds))
+    best, best_error = np.zeros(features.shape[1]), math.inf
+    for size in range(1, features.shape[1] + 1):
+        for columns in itertools.combinations(range(features.shape[1]), size):
+            found, *_ = np.linalg.lstsq(weighted[:, columns], target, rcond=None)
+            if (found < 0).any():
+                continue
+            coefficients = np.zeros(features.shape[1])
+            coefficients[list(columns)] = found
+            error = float(np.sum((weighted @ coefficients - 1) ** 2))
+            if error < best_error:
+                best, best_error = coefficients, error
     return best
 
 
-def _row(rec: TrialRecord, examples: int) -> tuple[float, float, float, float] | None:
-    """(batches per epoch, parameter-examples, seconds per epoch, first-epoch seconds or NaN) of one trial."""
+def _row(rec: TrialRecord, examples: int) -> tuple[float, ...] | None:
+    """(batches, parameter-examples and augmented images per epoch, seconds per epoch, first-epoch seconds or NaN)
+    of one trial."""
     if not rec.batch_size or not rec.param_count:
         return None
-    batches, work = math.ceil(examples / rec.batch_size), rec.param_count * examples
+    features = _features(rec.param_count, examples, rec.batch_size, bool(rec.augmented))
     if (rec.steady_epochs or 0) >= 1:
-        return batches, work, rec.seconds_per_epoch, rec.warmup_seconds
+        return (*features, rec.seconds_per_epoch, rec.warmup_seconds)
     if rec.step_seconds:  # cut inside its first epoch: its timed batches are its epoch's pace
-        return batches, work, rec.step_seconds * batches, math.nan
+        return (*features, rec.step_seconds * features[0], math.nan)
     return None
 
 
@@ -92,17 +112,17 @@ def fit(study: optuna.Study, examples: int) -> CostModel:
     if not rows:
         return PRIOR
     table = np.array(rows, dtype=float)
-    features, seconds = table[:, :2], table[:, 2]
-    if len(rows) == 1:  # one measurement scales the nominal rates; it cannot tell their two terms apart
-        coefficients = np.array([PRIOR.per_batch, PRIOR.per_param_example]) * seconds[0] / (features[0] @ [PRIOR.per_batch, PRIOR.per_param_example])
+    features, seconds = table[:, :3], table[:, 3]
+    if len(rows) == 1:  # one measurement scales the nominal rates; it cannot tell their terms apart
+        coefficients = PRIOR.coefficients * seconds[0] / (features[0] @ PRIOR.coefficients)
     else:
         coefficients = _fit(features, seconds)
         keep = np.abs(features @ coefficients / seconds - 1) <= OUTLIER
         if 2 <= keep.sum() < len(keep):
             coefficients = _fit(features[keep], seconds[keep])
             table, features, seconds = table[keep], features[keep], seconds[keep]
-    extra = table[:, 3] - seconds
+    extra = table[:, 4] - seconds
     warmup = max(float(np.median(extra[np.isfinite(extra)])), 0.0) if np.isfinite(extra).any() else 0.0
     low = min(float(np.quantile(seconds / (features @ coefficients), LOW_QUANTILE)), 1.0)
     return CostModel(per_batch=float(coefficients[0]), per_param_example=float(coefficients[1]), warmup=warmup,
-                     trials=len(table), low=low)
+                     trials=len(table), low=low, per_augmented_example=float(coefficients[2]))

@@ -94,7 +94,7 @@ def _nothing_fits(ctx: SweepContext, left: float) -> str | None:
     model = costmodel.fit(ctx.study, examples)
     cheapest = ctx.spec.cheapest_config()
     needed = ctx.spec.epochs_needed(cheapest.epochs)
-    least = model.least(param_count(cheapest.model), examples, cheapest.batch_size, needed)
+    least = model.least(param_count(cheapest.model), examples, cheapest.batch_size, needed, cheapest.augmentation.enabled)
     if not model.trials or least <= left:
         return None
     return (f"nothing can fit: {left:.1f} s of the sweep budget left, and the cheapest configuration "

@@ -47,6 +47,7 @@ class TrialRecord:
     seed: int | None = None
     batch_size: int | None = None
     epochs: int | None = None
+    augmented: bool | None = None  # whether its training images were moved (the cost model's third term)
     jit_compile: bool | None = None  # as the trainer decided for this run
     # The cost gate (sweep/trial.py).
     predicted_seconds: float | None = None

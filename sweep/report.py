@@ -73,6 +73,17 @@ def _label(row: pd.Series) -> str:
 ACCURACY_TICKS = (0.5, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995)
 
 
+def log_error_axis(ax) -> None:
+    """A matplotlib accuracy axis in decades of the error 1 - accuracy, labelled in percent."""
+    import matplotlib.ticker
+
+    scale = Scale("log")
+    ax.set_yscale("function", functions=(scale.score, lambda score: 1.0 - 10.0 ** -np.asarray(score, float)))
+    ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(ACCURACY_TICKS))
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda a, _: f"{100 * a:g}%"))
+    ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+
+
 def plot_tradeoff(frame: pd.DataFrame, points: pd.DataFrame, path: Path, title: str,
                   reference: tuple[str, float, float] | None = None, scale: Scale = Scale("log")) -> Path:
     """Accuracy against training seconds (log scale): each trial's epochs as a line, the front of all
@@ -85,7 +96,6 @@ def plot_tradeoff(frame: pd.DataFrame, points: pd.DataFrame, path: Path, title: 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
     complete = frame[frame["state"] == TrialState.COMPLETE.name]
@@ -105,10 +115,7 @@ def plot_tradeoff(frame: pd.DataFrame, points: pd.DataFrame, path: Path, title: 
         ax.scatter([seconds], [accuracy], s=120, marker="*", color="tab:orange", zorder=4, label=name)
     accuracies = pd.concat([complete["best_val_accuracy"], pd.Series([reference[2]] if reference else [], dtype=float)]).dropna()
     if scale.name == "log":
-        ax.set_yscale("function", functions=(scale.score, lambda score: 1.0 - 10.0 ** -np.asarray(score, float)))
-        ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(ACCURACY_TICKS))
-        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda a, _: f"{100 * a:g}%"))
-        ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        log_error_axis(ax)
         if len(accuracies):
             ax.set_ylim(min(accuracies.quantile(0.1), 0.9), 1.0 - max((1.0 - accuracies.max()) / 2, 5e-4))  # at most 99.95%
     elif len(accuracies):

@@ -68,7 +68,8 @@ class CostSpread(optuna.samplers.BaseSampler):
         model = costmodel.fit(study, self._examples)
 
         def seconds(config) -> float:
-            return model.predict(param_count(config.model), self._examples, config.batch_size, config.epochs)
+            return model.predict(param_count(config.model), self._examples, config.batch_size, config.epochs,
+                                 config.augmentation.enabled)
 
         target = math.log(level(self._spec, index, seconds(self._spec.cheapest_config())))
         candidates = [{p.name: draw(p, self._rng) for p in self._spec.params} for _ in range(CANDIDATES)]

@@ -145,7 +145,8 @@ class StudySpec:
 
     def cheapest_config(self) -> TrainConfig:
         """The configuration the search space allows that trains fastest: the smallest net (fewest layers,
-        narrowest, most border cropped), fewest epochs, largest batch. Other values do not change the cost."""
+        narrowest, most border cropped), fewest epochs, largest batch, least augmentation. Other values do not
+        change the cost."""
         cheapest = {"depth": min, "width": min, "epochs": min, "batch_size": max, "input_crop": max}
         values = {p.name: cheapest.get(p.name, min)(p.choices or (p.low, p.high)) for p in self.params}
         for p in self.params:

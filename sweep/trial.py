@@ -95,7 +95,8 @@ def run_trial(ctx: SweepContext, trial: optuna.Trial, pruning: Pruning) -> Froze
         own(trial)
         seed = ctx.spec.seed + trial.number
         config = ctx.spec.config_for(trial, seed)
-        record.save(trial, seed=seed, batch_size=config.batch_size, epochs=config.epochs)  # the cost model's inputs, searched or fixed
+        record.save(trial, seed=seed, batch_size=config.batch_size, epochs=config.epochs,  # the cost model's inputs,
+                    augmented=config.augmentation.enabled)  # searched or fixed
         seconds = ctx.spec.trial_seconds if ctx.deadline is None else min(ctx.spec.trial_seconds, ctx.seconds_left())
         outcome = _skip(ctx, trial, config, seconds)
         if outcome is None:
@@ -130,8 +131,9 @@ def _skip(ctx: SweepContext, trial: optuna.Trial, config: TrainConfig, left: flo
     n_params, examples = param_count(config.model), len(ctx.splits.train)
     needed = ctx.spec.epochs_needed(config.epochs)
     model = costmodel.fit(ctx.study, examples)
-    least = model.least(n_params, examples, config.batch_size, needed)
-    record.save(trial, predicted_seconds=model.predict(n_params, examples, config.batch_size, config.epochs),
+    augmented = config.augmentation.enabled
+    least = model.least(n_params, examples, config.batch_size, needed, augmented)
+    record.save(trial, predicted_seconds=model.predict(n_params, examples, config.batch_size, config.epochs, augmented),
                 cost_model_trials=model.trials, min_epochs=needed)
     need = f"predicted at least {least:.0f} s for {needed} epoch(s) of {n_params:,} parameters at batch {config.batch_size}"
     if model.trials and least > ctx.spec.trial_seconds:

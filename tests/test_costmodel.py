@@ -11,11 +11,11 @@ from optuna.trial import TrialState
 from sweep import costmodel
 
 EXAMPLES = 54_000
-PER_BATCH, PER_PARAM_EXAMPLE, WARMUP = 2e-3, 4e-11, 1.5
+PER_BATCH, PER_PARAM_EXAMPLE, PER_AUGMENTED, WARMUP = 2e-3, 4e-11, 8e-5, 1.5
 
 
-def _seconds_per_epoch(params: int, batch: int) -> float:
-    return math.ceil(EXAMPLES / batch) * PER_BATCH + params * EXAMPLES * PER_PARAM_EXAMPLE
+def _seconds_per_epoch(params: int, batch: int, augmented: bool = False) -> float:
+    return math.ceil(EXAMPLES / batch) * PER_BATCH + params * EXAMPLES * PER_PARAM_EXAMPLE + (EXAMPLES * PER_AUGMENTED if augmented else 0)
 
 
 def _study(*trials: dict) -> optuna.Study:
@@ -25,9 +25,9 @@ def _study(*trials: dict) -> optuna.Study:
     return study
 
 
-def _trial(params: int, batch: int, steady_epochs: int = 3, slow: float = 1.0) -> dict:
-    per_epoch = _seconds_per_epoch(params, batch) * slow
-    return {"param_count": params, "batch_size": batch, "steady_epochs": steady_epochs,
+def _trial(params: int, batch: int, steady_epochs: int = 3, slow: float = 1.0, augmented: bool = False) -> dict:
+    per_epoch = _seconds_per_epoch(params, batch, augmented) * slow
+    return {"param_count": params, "batch_size": batch, "steady_epochs": steady_epochs, "augmented": augmented,
             "seconds_per_epoch": per_epoch, "warmup_seconds": per_epoch + WARMUP}
 
 
@@ -44,6 +44,17 @@ def test_it_recovers_per_batch_and_per_parameter_costs():
     expected = WARMUP + 10 * _seconds_per_epoch(2_000_000, 64)
     assert model.predict(2_000_000, EXAMPLES, 64, 10) == pytest.approx(expected, rel=1e-6)
     assert model.predict(2_000_000, EXAMPLES, 64, 10) > model.predict(2_000_000, EXAMPLES, 512, 10)
+
+
+def test_it_learns_what_moving_the_training_images_costs_per_image():
+    # Small nets with augmentation: most of their epoch is the moving of images, not the arithmetic.
+    trials = [_trial(p, b) for p, b in SHAPES] + [_trial(p, b, augmented=True) for p, b in ((20_000, 512), (100_000, 128), (2_000_000, 64))]
+    model = costmodel.fit(_study(*trials), EXAMPLES)
+    assert model.trials == len(trials)
+    assert model.per_augmented_example == pytest.approx(PER_AUGMENTED, rel=1e-6)
+    augmented = model.predict(30_000, EXAMPLES, 256, 10, augmented=True)
+    assert augmented == pytest.approx(WARMUP + 10 * _seconds_per_epoch(30_000, 256, augmented=True), rel=1e-6)
+    assert augmented > 5 * model.predict(30_000, EXAMPLES, 256, 10)
 
 
 def test_one_disturbed_run_does_not_poison_it():
@@ -67,6 +78,7 @@ def test_one_measurement_scales_the_prior_and_a_run_cut_in_its_first_epoch_is_on
     assert model.trials == 1 and model.warmup == 0.0 and model.low == 1.0
     assert model.predict(4_000_000, EXAMPLES, 128, 3) == pytest.approx(3 * _seconds_per_epoch(4_000_000, 128))
     assert model.per_batch / model.per_param_example == pytest.approx(costmodel.PRIOR.per_batch / costmodel.PRIOR.per_param_example)
+    assert model.per_augmented_example / model.per_batch == pytest.approx(costmodel.PRIOR.per_augmented_example / costmodel.PRIOR.per_batch)
 
 
 def test_the_optimistic_end_comes_from_the_models_own_error():

@@ -10,14 +10,16 @@ from mnist_core.model import param_count
 from sweep import costmodel
 from sweep.spread import CostSpread, level
 from sweep.storage import make_sampler
+from sweep.record import records
 from sweep.studyfile import STUDIES, load_study
+from sweep.testing.stores import load, study_text
 
 EXAMPLES = 54_000  # real MNIST's training split
 
 
 def predicted(spec, params: dict) -> float:
     config = spec.config_for(optuna.trial.FixedTrial(params), seed=0)
-    return costmodel.PRIOR.predict(param_count(config.model), EXAMPLES, config.batch_size, config.epochs)
+    return costmodel.PRIOR.predict(param_count(config.model), EXAMPLES, config.batch_size, config.epochs, config.augmentation.enabled)
 
 
 def test_the_first_trials_of_the_map_climb_the_decades_of_cost():
@@ -32,7 +34,7 @@ def test_the_first_trials_of_the_map_climb_the_decades_of_cost():
     spread = costs[:n]
     # Each aims at its own level, cheapest first: within a factor of two of it, and so in order.
     config = spec.cheapest_config()
-    cheapest = costmodel.PRIOR.predict(param_count(config.model), EXAMPLES, config.batch_size, config.epochs)
+    cheapest = costmodel.PRIOR.predict(param_count(config.model), EXAMPLES, config.batch_size, config.epochs, config.augmentation.enabled)
     for index, cost in enumerate(spread):
         assert abs(math.log(cost / level(spec, index, cheapest))) < math.log(2), (index, cost)
     assert spread == sorted(spread)
@@ -45,3 +47,18 @@ def test_without_the_training_set_size_or_with_no_spread_the_sampler_is_the_stud
     assert isinstance(make_sampler(spec, EXAMPLES)._factory(0), CostSpread)
     tradeoff = load_study(STUDIES / "tradeoff.toml")
     assert tradeoff.cost_spread_trials == 0 and not isinstance(make_sampler(tradeoff, EXAMPLES)._factory(0), CostSpread)
+
+
+def test_a_sweep_places_its_first_trial_at_the_first_level_of_cost(cli, tmp_path):
+    # The sweep knows its training set's size only once the data is loaded; its sampler must be told.
+    path = tmp_path / "spread.toml"
+    path.write_text(study_text("spread", width="{ low = 8, high = 1024, log = true }", epochs="{ low = 1, high = 8 }")
+                    .replace("seed = 0", "seed = 0\ncost_spread_trials = 4"))
+    code, _, err = cli("run", "--trials", "1", study=path)
+    assert code == 0, err
+    spec = load_study(path)
+    (first,) = [r for r in records(load(cli.store, "spread")) if r.number == 0]
+    config = spec.cheapest_config()
+    examples = round(600 * (1 - spec.validation_fraction))  # the synthetic training set, less validation
+    cheapest = costmodel.PRIOR.predict(param_count(config.model), examples, config.batch_size, config.epochs)
+    assert abs(math.log(first.predicted_seconds / level(spec, 0, cheapest))) < math.log(2), (first.predicted_seconds, cheapest)

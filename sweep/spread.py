@@ -2,11 +2,12 @@
 
 A sampler left to itself starts with random configurations, and a random draw of depth, width and epochs
 lands mostly in the middle decades of cost; the model-based search that follows refines what it was shown.
-Here trial i of the first n targets the cost level (i + 1/2) / n of the way, in decades, from the cheapest
-configuration the space allows to the per-trial budget: the search starts from every decade of the map,
+Here trial i of the first n targets the cost level i / n of the way, in decades, from the cheapest
+configuration the space allows to the per-trial budget (trial 0 is that cheapest configuration, the map's
+fast end): the search starts from every decade of the map,
 cheapest first so that the cost model (`sweep/costmodel.py`) is fitted on measured trials before it places
 the expensive ones. Each trial draws CANDIDATES configurations at random, with its own seed, and runs the
-one whose predicted time is nearest its level, so the knobs that do not set the cost stay random.
+one (or the cheapest configuration) whose predicted time is nearest its level, so the knobs that do not set the cost stay random.
 After the first n trials the study's own sampler (TPE) takes over.
 """
 
@@ -38,9 +39,10 @@ def draw(param: Param, rng: np.random.Generator) -> Any:
 
 
 def level(spec: StudySpec, index: int, cheapest: float) -> float:
-    """The predicted seconds spread trial `index` aims at: evenly spaced in decades from `cheapest` to the budget."""
+    """The predicted seconds spread trial `index` aims at: evenly spaced in decades from `cheapest` (the first
+    level: the fastest net is the map's fast end) towards the budget, one step short of it."""
     top = max(spec.trial_seconds, cheapest)
-    return math.exp(math.log(cheapest) + (index + 0.5) / spec.cost_spread_trials * (math.log(top) - math.log(cheapest)))
+    return math.exp(math.log(cheapest) + index / spec.cost_spread_trials * (math.log(top) - math.log(cheapest)))
 
 
 class CostSpread(optuna.samplers.BaseSampler):
@@ -72,7 +74,8 @@ class CostSpread(optuna.samplers.BaseSampler):
                                  config.augmentation.enabled)
 
         target = math.log(level(self._spec, index, seconds(self._spec.cheapest_config())))
-        candidates = [{p.name: draw(p, self._rng) for p in self._spec.params} for _ in range(CANDIDATES)]
+        # The cheapest configuration itself is a candidate: random draws rarely reach the first level.
+        candidates = [self._spec.cheapest_params(), *({p.name: draw(p, self._rng) for p in self._spec.params} for _ in range(CANDIDATES))]
         cost = [math.log(seconds(self._spec.config_for(optuna.trial.FixedTrial(c), seed=0))) for c in candidates]
         return candidates[int(np.argmin(np.abs(np.array(cost) - target)))]
 

@@ -143,16 +143,19 @@ class StudySpec:
             needed = planned
         return min(needed, planned)
 
-    def cheapest_config(self) -> TrainConfig:
-        """The configuration the search space allows that trains fastest: the smallest net (fewest layers,
-        narrowest, most border cropped), fewest epochs, largest batch, least augmentation. Other values do not
-        change the cost."""
+    def cheapest_params(self) -> dict[str, Any]:
+        """The searched values that train fastest: the smallest net (fewest layers, narrowest, most border
+        cropped), fewest epochs, largest batch, least augmentation and dropout. Other values do not change the cost."""
         cheapest = {"depth": min, "width": min, "epochs": min, "batch_size": max, "input_crop": max}
         values = {p.name: cheapest.get(p.name, min)(p.choices or (p.low, p.high)) for p in self.params}
         for p in self.params:
             if p.choices is None and HYPERPARAMETERS[p.name].kind is int:
                 values[p.name] = int(values[p.name])
-        return self.config_for(optuna.trial.FixedTrial(values), seed=self.seed)
+        return values
+
+    def cheapest_config(self) -> TrainConfig:
+        """The configuration the search space allows that trains fastest (`cheapest_params`)."""
+        return self.config_for(optuna.trial.FixedTrial(self.cheapest_params()), seed=self.seed)
 
     @property
     def directions(self) -> list[str]:

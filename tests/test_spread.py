@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import optuna
+import pytest
 
 from mnist_core.model import param_count
 from sweep import costmodel
@@ -38,6 +39,7 @@ def test_the_first_trials_of_the_map_climb_the_decades_of_cost():
     for index, cost in enumerate(spread):
         assert abs(math.log(cost / level(spec, index, cheapest))) < math.log(2), (index, cost)
     assert spread == sorted(spread)
+    assert spread[0] == pytest.approx(cheapest)  # the first is the fastest net: the map's fast end
     assert spread[-1] / spread[0] > 100  # the start spans the decades from the cheapest net to the budget
 
 

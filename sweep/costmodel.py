@@ -80,7 +80,9 @@ def _fit(features: np.ndarray, seconds: np.ndarray) -> np.ndarray:
     weighted = features / seconds[:, None]
     target = np.ones(len(seconds))
     best, best_error = np.zeros(features.shape[1]), math.inf
-    for size in range(1, features.shape[1] + 1):
+    # Most terms first, so that a tie (trials too alike to tell the terms apart) keeps the least-norm split of
+    # all of them rather than one term alone: a net ten times larger must not be predicted as cheap.
+    for size in range(features.shape[1], 0, -1):
         for columns in itertools.combinations(range(features.shape[1]), size):
             found, *_ = np.linalg.lstsq(weighted[:, columns], target, rcond=None)
             if (found < 0).any():

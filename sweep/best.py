@@ -15,7 +15,7 @@ from optuna.trial import FrozenTrial
 from mnist_core.data import Source, Splits, scale_pixels
 from mnist_core.evaluate import evaluate_test
 from mnist_core.trainer import TrainResult, train, warm_up
-from sweep.context import Options, load_data, open_study, open_tracker
+from sweep.context import Options, load_data, open_store, open_study, open_tracker, study_spec
 from sweep.points import study_points
 from sweep.record import Point, TrialRecord
 from sweep.studyfile import StudySpec
@@ -112,7 +112,8 @@ def log_best(
 
 def run_best(options: Options, max_train_seconds: float | None, model_path: Path | None) -> int:
     """`sweep best`: select on validation, retrain, test once, save and register; print what and where."""
-    spec, study = open_study(options, create=False)
+    spec = study_spec(options)
+    study = open_study(options, spec, open_store(options), create=False)
     trial, point = select_point(study, max_train_seconds)
     source, splits = load_data(options, spec)
     rec = TrialRecord.load(trial)

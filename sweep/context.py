@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+from optuna.storages import BaseStorage
 
 from mnist_core.data import Source, Splits, load_splits, resolve_source
 from sweep import storage
@@ -85,19 +86,27 @@ def store_failure(exc: BaseException | None) -> str | None:
     return None
 
 
-def open_study(options: Options, create: bool) -> tuple[StudySpec, optuna.Study]:
-    """The study file, and its study in storage (created when `create`, else it must exist and match)."""
+def study_spec(options: Options) -> StudySpec:
+    """The study file, with `--trial-seconds` over its budget."""
     spec = load_study(options.study)
-    if options.trial_seconds:
-        spec = dataclasses.replace(spec, trial_seconds=options.trial_seconds)
+    return dataclasses.replace(spec, trial_seconds=options.trial_seconds) if options.trial_seconds else spec
+
+
+def open_store(options: Options) -> BaseStorage:
+    """The Optuna storage of `--storage`, or of the store folder."""
     prepare_store(options.store)
-    opened = storage.open_storage(options.storage, options.store)
+    return storage.open_storage(options.storage, options.store)
+
+
+def open_study(options: Options, spec: StudySpec, opened: BaseStorage, create: bool, train_examples: int | None = None) -> optuna.Study:
+    """`spec`'s study in `opened` (created when `create`, else it must exist and match). Its sampler predicts
+    seconds, for the cost-spread start, once it is told the training set's size."""
     name = options.name or spec.name
     if create:
-        return spec, storage.open_study(spec, opened, name)
+        return storage.open_study(spec, opened, name, train_examples)
     study = storage.load_existing(opened, name)
     storage.check_matches(study, spec)
-    return spec, study
+    return study
 
 
 def open_tracker(options: Options, study: optuna.Study) -> Tracker:
@@ -152,12 +161,11 @@ class SweepContext:
 
     @classmethod
     def open(cls, options: Options, deadline: float | None) -> SweepContext:
-        """Open the study (creating it), load the data (missing or bad data fails here, before any run is
-        opened), then the tracker and the study's parent run."""
-        spec, study = open_study(options, create=True)
+        """Open the storage, load the data (missing or bad data fails here, before any run is opened), open the
+        study (creating it), then the tracker and the study's parent run."""
+        spec, opened = study_spec(options), open_store(options)
         splits = load_data(options, spec)[1]
-        # The sampler again, now that the training set's size is known: the cost-spread start predicts seconds.
-        study.sampler = storage.make_sampler(spec, len(splits.train))
+        study = open_study(options, spec, opened, create=True, train_examples=len(splits.train))
         tracker = open_tracker(options, study)
         return cls(spec, study, splits, tracker, parent_run(study, tracker, spec), deadline, options.report_dir)
 

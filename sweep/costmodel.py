@@ -29,11 +29,14 @@ from dataclasses import dataclass
 import numpy as np
 import optuna
 
-from mnist_core.trainer import NOMINAL_RATE, STEP_OVERHEAD_SECONDS
+from mnist_core.model import param_count
+from mnist_core.trainer import NOMINAL_RATE, STEP_OVERHEAD_SECONDS, TrainConfig
 from sweep.record import FINISHED, TrialRecord, records
 
 # A fitted trial whose relative residual exceeds this is left out of the refit.
 OUTLIER = 0.5
+# Fits whose errors differ by less than this fraction are a tie (the same residual, up to rounding).
+TIE = 1e-9
 # `low` is this quantile of measured / predicted over the fitted trials: optimistic, but not the one extreme.
 LOW_QUANTILE = 0.1
 # The prior's seconds to augment one training image, erring low as the trainer's nominal rates do
@@ -57,12 +60,14 @@ class CostModel:
     def per_epoch(self, n_params: int, examples: int, batch_size: int, augmented: bool = False) -> float:
         return float(_features(n_params, examples, batch_size, augmented) @ self.coefficients)
 
-    def predict(self, n_params: int, examples: int, batch_size: int, epochs: int, augmented: bool = False) -> float:
-        return self.warmup + epochs * self.per_epoch(n_params, examples, batch_size, augmented)
+    def predict(self, config: TrainConfig, examples: int, epochs: int | None = None) -> float:
+        """Seconds to train `config` on `examples` images for `epochs` (its own by default)."""
+        per_epoch = self.per_epoch(param_count(config.model), examples, config.batch_size, config.augmentation.enabled)
+        return self.warmup + (config.epochs if epochs is None else epochs) * per_epoch
 
-    def least(self, n_params: int, examples: int, batch_size: int, epochs: int, augmented: bool = False) -> float:
-        """The optimistic end of the prediction: the least time the model's own error allows."""
-        return self.low * self.predict(n_params, examples, batch_size, epochs, augmented)
+    def least(self, config: TrainConfig, examples: int, epochs: int | None = None) -> float:
+        """The optimistic end of `predict`: the least time the model's own error allows."""
+        return self.low * self.predict(config, examples, epochs)
 
 
 PRIOR = CostModel(per_batch=STEP_OVERHEAD_SECONDS, per_param_example=1 / NOMINAL_RATE, warmup=0.0, trials=0,
@@ -90,7 +95,7 @@ def _fit(features: np.ndarray, seconds: np.ndarray) -> np.ndarray:
             coefficients = np.zeros(features.shape[1])
             coefficients[list(columns)] = found
             error = float(np.sum((weighted @ coefficients - 1) ** 2))
-            if error < best_error:
+            if error < best_error * (1 - TIE) - TIE:
                 best, best_error = coefficients, error
     return best
 

@@ -21,7 +21,6 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
-from mnist_core.model import param_count
 from mnist_core.trainer import warm_up
 from sweep import callbacks as shown
 from sweep import context, costmodel, storage, workers
@@ -94,7 +93,7 @@ def _nothing_fits(ctx: SweepContext, left: float) -> str | None:
     model = costmodel.fit(ctx.study, examples)
     cheapest = ctx.spec.cheapest_config()
     needed = ctx.spec.epochs_needed(cheapest.epochs)
-    least = model.least(param_count(cheapest.model), examples, cheapest.batch_size, needed, cheapest.augmentation.enabled)
+    least = model.least(cheapest, examples, needed)
     if not model.trials or least <= left:
         return None
     return (f"nothing can fit: {left:.1f} s of the sweep budget left, and the cheapest configuration "

@@ -10,7 +10,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from sweep.context import CommandError, Options, open_study, open_tracker
+from sweep.context import CommandError, Options, open_store, open_study, open_tracker, study_spec
 from sweep.points import Scale, pareto_mask, study_points
 from sweep.record import TrialRecord
 from sweep.studyfile import STUDIES
@@ -160,7 +160,8 @@ def table(frame: pd.DataFrame) -> str:
 
 def run_report(options: Options, out: Path | None) -> int:
     """`sweep report`: print the table and write the CSVs and the chart (also to the parent run)."""
-    spec, study = open_study(options, create=False)
+    spec = study_spec(options)
+    study = open_study(options, spec, open_store(options), create=False)
     if not study.trials:
         raise CommandError(f"study {study.study_name!r} has no trials yet")
     frame, csv_path, chart = write_report(study, (out or options.report_dir) / study.study_name, open_tracker(options, study), spec.scale)

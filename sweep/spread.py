@@ -3,12 +3,12 @@
 A sampler left to itself starts with random configurations, and a random draw of depth, width and epochs
 lands mostly in the middle decades of cost; the model-based search that follows refines what it was shown.
 Here trial i of the first n targets the cost level i / n of the way, in decades, from the cheapest
-configuration the space allows to the per-trial budget (trial 0 is that cheapest configuration, the map's
-fast end): the search starts from every decade of the map,
-cheapest first so that the cost model (`sweep/costmodel.py`) is fitted on measured trials before it places
-the expensive ones. Each trial draws CANDIDATES configurations at random, with its own seed, and runs the
-one (or the cheapest configuration) whose predicted time is nearest its level, so the knobs that do not set the cost stay random.
-After the first n trials the study's own sampler (TPE) takes over.
+configuration the space allows to the per-trial budget, so the search starts from every decade of the map.
+Trial 0 is the cheapest configuration, the map's fast end. The levels are taken cheapest first, so that the
+cost model (`sweep/costmodel.py`) is fitted on measured trials before it places the expensive ones. Each
+trial draws CANDIDATES configurations at random, with its own seed, and runs the one whose predicted time is
+nearest its level: the values that do not set the cost stay random. After the first n trials the study's own
+sampler (TPE) takes over.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial
 
-from mnist_core.model import param_count
 from sweep import costmodel
 from sweep.studyfile import HYPERPARAMETERS, Param, StudySpec
 
@@ -70,12 +69,13 @@ class CostSpread(optuna.samplers.BaseSampler):
         model = costmodel.fit(study, self._examples)
 
         def seconds(config) -> float:
-            return model.predict(param_count(config.model), self._examples, config.batch_size, config.epochs,
-                                 config.augmentation.enabled)
+            return model.predict(config, self._examples)
 
         target = math.log(level(self._spec, index, seconds(self._spec.cheapest_config())))
-        # The cheapest configuration itself is a candidate: random draws rarely reach the first level.
-        candidates = [self._spec.cheapest_params(), *({p.name: draw(p, self._rng) for p in self._spec.params} for _ in range(CANDIDATES))]
+        drawn = [{p.name: draw(p, self._rng) for p in self._spec.params} for _ in range(CANDIDATES)]
+        # The cheapest configuration is a candidate too, as random draws rarely reach the first level; the values
+        # that do not set its cost (the learning rate, ...) are drawn as well, since their low ends train worst.
+        candidates = [self._spec.cheapest_params(drawn[0]), *drawn]
         cost = [math.log(seconds(self._spec.config_for(optuna.trial.FixedTrial(c), seed=0))) for c in candidates]
         return candidates[int(np.argmin(np.abs(np.array(cost) - target)))]
 

@@ -173,13 +173,14 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def open_study(spec: StudySpec, storage: BaseStorage, name: str | None = None) -> optuna.Study:
-    """Create the study, or resume it if its stored directions and search space match the file."""
+def open_study(spec: StudySpec, storage: BaseStorage, name: str | None = None, train_examples: int | None = None) -> optuna.Study:
+    """Create the study, or resume it if its stored directions and search space match the file; its sampler
+    is `make_sampler(spec, train_examples)`."""
     study = optuna.create_study(
         study_name=name or spec.name,
         storage=storage,
         directions=spec.directions,
-        sampler=make_sampler(spec),
+        sampler=make_sampler(spec, train_examples),
         pruner=make_pruner(spec),
         load_if_exists=True,
     )

@@ -48,6 +48,10 @@ MODEL_BOUNDS = bounds(MLPConfig)
 AUGMENTATION_BOUNDS = bounds(Augmentation)
 RUN_BOUNDS = bounds(TrainConfig)  # epochs, batch_size
 HYPERPARAMETERS: dict[str, Bound] = {**MODEL_BOUNDS, **AUGMENTATION_BOUNDS, **RUN_BOUNDS}
+# The end of its range at which each value that sets a run's cost is cheapest: the net's size, the batches
+# and epochs, moving the images (any move turns it on) and the dropout masks. The others do not change it.
+CHEAPEST = {"depth": min, "width": min, "input_crop": max, "epochs": min, "batch_size": max, "strength": min,
+            "translate": min, "rotate": min, "scale": min, "elastic": min, "dropout": min, "input_dropout": min}
 # objective name in study files -> (direction, the trial metric it reads: scored at the best validation epoch)
 OBJECTIVES = {
     "val_accuracy": ("maximize", "best_val_accuracy"),
@@ -143,14 +147,17 @@ class StudySpec:
             needed = planned
         return min(needed, planned)
 
-    def cheapest_params(self) -> dict[str, Any]:
+    def cheapest_params(self, others: dict[str, Any] | None = None) -> dict[str, Any]:
         """The searched values that train fastest: the smallest net (fewest layers, narrowest, most border
-        cropped), fewest epochs, largest batch, least augmentation and dropout. Other values do not change the cost."""
-        cheapest = {"depth": min, "width": min, "epochs": min, "batch_size": max, "input_crop": max}
-        values = {p.name: cheapest.get(p.name, min)(p.choices or (p.low, p.high)) for p in self.params}
+        cropped), fewest epochs, largest batch, least augmentation and dropout (`CHEAPEST`). The values that do not change the cost come
+        from `others`, or are the low ends of their ranges."""
+        values = {}
         for p in self.params:
-            if p.choices is None and HYPERPARAMETERS[p.name].kind is int:
-                values[p.name] = int(values[p.name])
+            if others and p.name not in CHEAPEST:
+                values[p.name] = others[p.name]
+                continue
+            value = CHEAPEST.get(p.name, min)(p.choices or (p.low, p.high))
+            values[p.name] = int(value) if p.choices is None and HYPERPARAMETERS[p.name].kind is int else value
         return values
 
     def cheapest_config(self) -> TrainConfig:

@@ -131,9 +131,8 @@ def _skip(ctx: SweepContext, trial: optuna.Trial, config: TrainConfig, left: flo
     n_params, examples = param_count(config.model), len(ctx.splits.train)
     needed = ctx.spec.epochs_needed(config.epochs)
     model = costmodel.fit(ctx.study, examples)
-    augmented = config.augmentation.enabled
-    least = model.least(n_params, examples, config.batch_size, needed, augmented)
-    record.save(trial, predicted_seconds=model.predict(n_params, examples, config.batch_size, config.epochs, augmented),
+    least = model.least(config, examples, needed)
+    record.save(trial, predicted_seconds=model.predict(config, examples),
                 cost_model_trials=model.trials, min_epochs=needed)
     need = f"predicted at least {least:.0f} s for {needed} epoch(s) of {n_params:,} parameters at batch {config.batch_size}"
     if model.trials and least > ctx.spec.trial_seconds:

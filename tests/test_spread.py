@@ -7,7 +7,6 @@ import math
 import optuna
 import pytest
 
-from mnist_core.model import param_count
 from sweep import costmodel
 from sweep.spread import CostSpread, level
 from sweep.storage import make_sampler
@@ -20,7 +19,7 @@ EXAMPLES = 54_000  # real MNIST's training split
 
 def predicted(spec, params: dict) -> float:
     config = spec.config_for(optuna.trial.FixedTrial(params), seed=0)
-    return costmodel.PRIOR.predict(param_count(config.model), EXAMPLES, config.batch_size, config.epochs, config.augmentation.enabled)
+    return costmodel.PRIOR.predict(config, EXAMPLES)
 
 
 def test_the_first_trials_of_the_map_climb_the_decades_of_cost():
@@ -34,12 +33,15 @@ def test_the_first_trials_of_the_map_climb_the_decades_of_cost():
         study.tell(trial, state=optuna.trial.TrialState.FAIL)  # nothing trained: the cost model stays the prior
     spread = costs[:n]
     # Each aims at its own level, cheapest first: within a factor of two of it, and so in order.
-    config = spec.cheapest_config()
-    cheapest = costmodel.PRIOR.predict(param_count(config.model), EXAMPLES, config.batch_size, config.epochs, config.augmentation.enabled)
+    cheapest = costmodel.PRIOR.predict(spec.cheapest_config(), EXAMPLES)
     for index, cost in enumerate(spread):
         assert abs(math.log(cost / level(spec, index, cheapest))) < math.log(2), (index, cost)
     assert spread == sorted(spread)
     assert spread[0] == pytest.approx(cheapest)  # the first is the fastest net: the map's fast end
+    # ... trained at a drawn rate and regularisation, not at the low ends of their ranges, which train worst.
+    first = study.trials[0].params
+    low = {p.name: p.low for p in spec.params}
+    assert first["learning_rate"] > low["learning_rate"] and first["weight_decay"] > low["weight_decay"]
     assert spread[-1] / spread[0] > 100  # the start spans the decades from the cheapest net to the budget
 
 
@@ -60,7 +62,6 @@ def test_a_sweep_places_its_first_trial_at_the_first_level_of_cost(cli, tmp_path
     assert code == 0, err
     spec = load_study(path)
     (first,) = [r for r in records(load(cli.store, "spread")) if r.number == 0]
-    config = spec.cheapest_config()
     examples = round(600 * (1 - spec.validation_fraction))  # the synthetic training set, less validation
-    cheapest = costmodel.PRIOR.predict(param_count(config.model), examples, config.batch_size, config.epochs)
+    cheapest = costmodel.PRIOR.predict(spec.cheapest_config(), examples)
     assert abs(math.log(first.predicted_seconds / level(spec, 0, cheapest))) < math.log(2), (first.predicted_seconds, cheapest)

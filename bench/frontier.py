@@ -126,13 +126,12 @@ def plain_study() -> Path:
 
 
 def cell_seed(args: argparse.Namespace) -> dict:
-    from seed import store_reference, train_seed
+    from seed import train_seed
 
     from mnist_core.data import resolve_source
 
     result, test = train_seed(resolve_source(args.data_dir))
     command = f"python bench/frontier.py seed --data-dir {args.data_dir}"
-    store_reference(result, test, command, commit(), "bench/results/frontier_cells.json (seed)")
     return {"commands": [command], "train_seconds": result.seconds, "val_accuracy": result.best_epoch.val_accuracy, **test}
 
 

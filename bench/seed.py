@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import time
@@ -18,12 +17,11 @@ from pathlib import Path
 
 import keras
 import optuna
-from common import RESULTS, commit, train_with_fit
+from common import RESULTS, train_with_fit
 
 from mnist_core.data import Source, load_splits, resolve_source
 from mnist_core.evaluate import evaluate_test
 from mnist_core.trainer import Budget, TrainResult, train
-from sweep.report import SEED_REFERENCE
 from sweep.studyfile import STUDIES, load_study
 
 SEED_STUDY = STUDIES / "seed.toml"
@@ -37,20 +35,6 @@ def train_seed(source: Source, study: Path = SEED_STUDY, old: bool = False) -> t
     print(f"training {config} on {len(splits.train)} examples{' with Model.fit' if old else ''}", flush=True)
     result = train_with_fit(config, splits) if old else train(config, splits, Budget(spec.trial_seconds), keep_model=True, verbose=1)
     return result, evaluate_test(result.model, source)
-
-
-def store_reference(result: TrainResult, test: dict[str, float], command: str, commit: str, source: str) -> None:
-    """The seed model's point on every trade-off chart the tool draws (sweep/studies/seed.reference.json)."""
-    reference = {
-        "measured": f"{os.cpu_count()}-core CPU, {time.strftime('%Y-%m-%d')}",
-        "train_seconds": result.seconds,
-        "val_accuracy": result.best_epoch.val_accuracy,
-        "test_accuracy": test["test_accuracy"],
-        "source": source,
-        "command": command,
-        "commit": commit,
-    }
-    SEED_REFERENCE.write_text(json.dumps(reference, indent=2) + "\n")
 
 
 def main() -> None:
@@ -81,7 +65,6 @@ def main() -> None:
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "seed.json").write_text(json.dumps(figures, indent=2) + "\n")
-    store_reference(result, test, figures["command"], commit(), "bench/results/seed.json")
     rows = "\n".join(
         f"| {e.epoch} | {e.loss:.4f} | {e.accuracy:.4f} | {e.val_loss:.4f} | {e.val_accuracy:.4f} | {e.seconds:.1f} |"
         for e in result.epochs

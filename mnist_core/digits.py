@@ -2,3 +2,4 @@
 
 IMAGE_SHAPE = (28, 28)
 NUM_CLASSES = 10
+TRAIN_IMAGES = 60_000  # MNIST's training set, before a validation split

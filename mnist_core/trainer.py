@@ -18,36 +18,42 @@ import numpy as np
 
 from mnist_core.augment import Augmentation, augment_batch
 from mnist_core.data import Arrays, Splits, scale_pixels
+from mnist_core.machine import MachineProfile, current, median_seconds
 from mnist_core.model import MLPConfig, build_mlp, param_count
 from mnist_core.schema import bounded, check_fields
+from mnist_core.work import Work, work
 
 # Wall clock; a module attribute so tests can replace it with a fake one.
 clock = time.perf_counter
 # Batches timed (after the first execution, which includes tracing) before projecting the run's time.
 PROJECTION_BATCHES = 3
 # One traced call (an "execution" of several batches) trains for about this long: the granularity of the
-# deadline, NaN and projection checks, so a run stops within about this slack of its deadline. Sized from
-# NOMINAL_RATE (parameter-examples per second on 2 CPU cores, bench/results/backends.md) plus a per-batch
-# overhead; a slower machine gets longer executions, a faster one shorter.
+# deadline, NaN and projection checks, so a run stops within about this slack of its deadline. Sized from the
+# machine's profile (`mnist_core/machine.py`): a slower machine gets longer executions, a faster one shorter.
 EXECUTION_SECONDS = 0.25
-NOMINAL_RATE = 2e10
-STEP_OVERHEAD_SECONDS = 1e-3
-
-
-# XLA compiles each model once, then runs its epochs faster (bench/results/backends.md): worth it when
-# the run has at least this many seconds of arithmetic at NOMINAL_RATE.
+# `measure_overheads`: a tiny net's batches on synthetic images, a call of one batch against one of CALLED.
+OVERHEAD_EXAMPLES, OVERHEAD_BATCH, OVERHEAD_CALLED = 4096, 64, 48
+# XLA compiles each model once, then runs its epochs faster (bench/results/backends.md): worth it when the
+# run has at least this many seconds of matrix products on this machine.
 XLA_MIN_SECONDS = 10.0
 
 
-def use_xla(n_params: int, examples: int, epochs: int) -> bool:
+def use_xla(run: Work, epochs: int, profile: MachineProfile) -> bool:
     """Whether compiling with XLA repays itself over the whole run."""
-    return n_params * examples * epochs / NOMINAL_RATE >= XLA_MIN_SECONDS
+    return profile.compute_seconds(run, epochs) >= XLA_MIN_SECONDS
 
 
-def execution_steps(n_params: int, batch_size: int, steps_per_epoch: int) -> int:
-    """Batches per traced call: about EXECUTION_SECONDS of work, at most one epoch."""
-    step_seconds = n_params * batch_size / NOMINAL_RATE + STEP_OVERHEAD_SECONDS
-    return max(1, min(steps_per_epoch, int(EXECUTION_SECONDS / step_seconds)))
+def execution_steps(run: Work, profile: MachineProfile) -> int:
+    """Batches per traced call: about EXECUTION_SECONDS of work on this machine, at most one epoch."""
+    return max(1, min(run.steps_per_epoch, int(EXECUTION_SECONDS / profile.step_seconds(run))))
+
+
+def epoch_terms(config: TrainConfig, n_train: int, profile: MachineProfile) -> tuple[float, float, float, float]:
+    """Seconds of an epoch of `config` on `n_train` examples by the profile's terms (`MachineProfile.epoch_terms`),
+    in the traced calls the trainer makes of it."""
+    run = config.work(n_train)
+    per_call = config.steps_per_execution or execution_steps(run, profile)
+    return profile.epoch_terms(run, math.ceil(run.steps_per_epoch / per_call))
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,10 @@ class TrainConfig:
     def steps_per_epoch(self, n_train: int) -> int:
         """Batches in one epoch of `n_train` examples (the last one may be short)."""
         return math.ceil(n_train / self.batch_size)
+
+    def work(self, n_train: int) -> Work:
+        """What an epoch of this run on `n_train` examples asks of the machine (`mnist_core/work.py`)."""
+        return work(self.model, n_train, self.batch_size, self.augmentation.enabled)
 
 
 @dataclass(frozen=True)
@@ -308,11 +318,10 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
 
 
 def build_run(config: TrainConfig, n_train: int) -> tuple[TrainConfig, keras.Model]:
-    """The model of a run on the default path: XLA decided (and kept in the returned config, so a retrain
-    repeats it), the learning-rate schedule laid over the planned steps."""
-    n_params = param_count(config.model)
+    """The model of a run on the default path: XLA decided on this machine's profile (and kept in the returned
+    config, so a retrain repeats it), the learning-rate schedule laid over the planned steps."""
     if config.model.jit_compile is None:
-        xla = use_xla(n_params, n_train, config.epochs)
+        xla = use_xla(config.work(n_train), config.epochs, current())
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, jit_compile=xla))
     return config, build_mlp(config.model, total_steps=config.steps_per_epoch(n_train) * config.epochs)
 
@@ -332,11 +341,12 @@ def train(
     by the budget is validated and recorded too (`partial`). The model is returned only with `keep_model`;
     otherwise its memory is released before returning. `verbose` prints a line per epoch.
     """
+    profile = current()  # measured on the first run of a process: before the seed, as measuring draws numbers
     keras.backend.clear_session(free_memory=False)  # the previous run has collected its garbage
     keras.utils.set_random_seed(config.seed)
     config, model = build_run(config, len(data.train))
     steps_per_epoch = config.steps_per_epoch(len(data.train))
-    per_call = config.steps_per_execution or execution_steps(param_count(config.model), config.batch_size, steps_per_epoch)
+    per_call = config.steps_per_execution or execution_steps(config.work(len(data.train)), profile)
     loop = _Loop(model, config, data)
     epochs: list[EpochStats] = []
     reason: str | None = None
@@ -383,6 +393,38 @@ def _epoch(loop: _Loop, monitor: _Monitor, config: TrainConfig, epoch: int, per_
     val_loss, val_accuracy = (float(v) for v in loop.evaluate())
     stats = EpochStats(epoch, loss, accuracy, val_loss, val_accuracy, clock() - epoch_start, int(examples), reason is not None)
     return stats, reason
+
+def measure_overheads() -> dict[str, float]:
+    """This machine's fixed costs on the trainer's own loop, in microseconds (`mnist_core/machine.py`): a traced
+    call and a batch of a tiny one-layer net, each further layer (a four-layer net), and each image moved (the
+    one-layer net augmented). One call of one batch and one of CALLED batches tell the call from the batch."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (OVERHEAD_EXAMPLES, 28, 28), dtype=np.uint8), rng.integers(0, 10, OVERHEAD_EXAMPLES, dtype=np.uint8)
+    data = Splits(Arrays(images, labels), Arrays(images[:64], labels[:64]), "synthetic", "")
+    order, seed = tf.constant(epoch_order(0, 1, OVERHEAD_EXAMPLES)), tf.constant(0, tf.int64)
+    moves = Augmentation(translate=0.08, rotate=10.0, scale=0.1, elastic=19.0)
+
+    def call_and_batch(depth: int, augmentation: Augmentation = Augmentation()) -> tuple[float, float]:
+        config = TrainConfig(MLPConfig(depth=depth, width=8, jit_compile=False), epochs=1, batch_size=OVERHEAD_BATCH,
+                             augmentation=augmentation)
+        loop = _Loop(build_mlp(config.model), config, data)
+        span = lambda last: lambda: float(loop.run_batches(order, tf.constant(0), tf.constant(last), seed))  # noqa: E731
+        span(1)()  # traces
+        one, many = median_seconds(span(1), 7), median_seconds(span(OVERHEAD_CALLED), 3)
+        batch = max(many - one, 0.0) / (OVERHEAD_CALLED - 1)
+        return max(one - batch, 0.0), batch
+
+    try:
+        call, batch = call_and_batch(1)
+        deep = call_and_batch(4)[1]
+        augmented = call_and_batch(1, moves)[1]
+    finally:
+        keras.backend.clear_session(free_memory=True)
+    return {"call_us": call * 1e6, "batch_us": batch * 1e6, "layer_us": max(deep - batch, 0.0) / 3 * 1e6,
+            "augment_us": max(augmented - batch, 0.0) / OVERHEAD_BATCH * 1e6}
+
 
 def warm_up(data: Splits) -> None:
     """Pay a fresh process's one-off costs (TensorFlow's thread pools, first kernels and traces) on a

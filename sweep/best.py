@@ -14,12 +14,14 @@ from optuna.trial import FrozenTrial
 
 from mnist_core.data import Source, Splits, scale_pixels
 from mnist_core.evaluate import evaluate_test
+from mnist_core.machine import current
 from mnist_core.trainer import TrainResult, train, warm_up
-from sweep.context import Options, load_data, open_store, open_study, open_tracker, study_spec
+from sweep.context import Options, load_data, open_store, open_study, open_tracker, study_machine, study_spec
+from sweep.costmodel import seconds_scale
 from sweep.points import study_points
 from sweep.record import Point, TrialRecord
 from sweep.studyfile import StudySpec
-from sweep.tracking import PARENT_ATTR, Tracker, fluent_tracking
+from sweep.tracking import PARENT_ATTR, Tracker, fluent_tracking, machine_tags
 
 
 class SelectionError(Exception):
@@ -68,7 +70,7 @@ def selection_rule(max_train_seconds: float | None) -> str:
 
 def log_best(
     tracker: Tracker, tracking_uri: str, study: optuna.Study, trial: FrozenTrial, result: TrainResult,
-    splits: Splits, source: Source, model_path: Path, rule: str,
+    splits: Splits, source: Source, model_path: Path, rule: str, study_seconds: float,
 ) -> dict[str, float]:
     """Test once, save a .keras file, log + register the model in MLflow with a signature, and say on the
     registered version where it came from: its trial's run, test accuracy, training time, selection rule."""
@@ -80,7 +82,9 @@ def log_best(
         f"best-trial-{trial.number}", study.user_attrs.get(PARENT_ATTR), {"optuna.trial_number": str(trial.number), "role": "best"}
     )
     tracker.describe_run(run_id, result.config, splits, trial_number=trial.number)
-    tracker.log_metrics(run_id, {"best_val_accuracy": result.best_epoch.val_accuracy, "train_seconds": result.seconds, **test})
+    tracker.log_metrics(run_id, {"best_val_accuracy": result.best_epoch.val_accuracy, "train_seconds": result.seconds,
+                                 "study_seconds": study_seconds, **test})
+    tracker.set_tags(run_id, machine_tags(current()))
     model_path.parent.mkdir(parents=True, exist_ok=True)
     result.model.save(model_path)
     sample = scale_pixels(splits.val.images[:8]).numpy()
@@ -120,12 +124,15 @@ def run_best(options: Options, max_train_seconds: float | None, model_path: Path
     print(f"retraining trial {trial.number} ({trial.params}) for {point.epoch} of its {rec.epochs or '?'} epoch(s), "
           f"seed {rec.seed} (its epoch {point.epoch}: val accuracy {point.val_accuracy:.4f} after {point.seconds:.1f} s)", flush=True)
     result = retrain(spec, trial, splits, point.epoch)
+    # Retrained here: its seconds are this machine's; in the study's seconds they compare with the sweep's.
+    study_seconds = result.seconds * seconds_scale(result.config, len(splits.train), current(), study_machine(study, create=False))
     path = model_path or options.store / "models" / model_name(study.study_name, max_train_seconds)
     test = log_best(open_tracker(options, study), options.tracking, study, trial, result, splits, source, path,
-                    selection_rule(max_train_seconds))
+                    selection_rule(max_train_seconds), study_seconds)
+    took = f"{result.seconds:.1f} s" + (f" here, {study_seconds:.1f} study seconds" if round(study_seconds, 1) != round(result.seconds, 1) else "")
     print(f"trial {trial.number}, epoch {point.epoch}: val accuracy {result.epochs[-1].val_accuracy:.4f} "
           f"(sweep: {point.val_accuracy:.4f}), test accuracy {test['test_accuracy']:.4f}, "
-          f"test loss {test['test_loss']:.4f}, trained in {result.seconds:.1f} s")
+          f"test loss {test['test_loss']:.4f}, trained in {took}")
     print(f"saved {path}; registered in MLflow as mnist-{study.study_name}")
     if model_path is None and max_train_seconds is not None:
         print(f"classify images with it: python -m sweep predict --model {path} IMAGE...")

@@ -75,6 +75,8 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=POSITIVE_SECONDS, help="wall-clock budget of this sweep in seconds")
     p.add_argument("--trial-seconds", type=TRIAL_SECONDS, help="wall-clock budget per trial (default: the file's budget.trial_seconds)")
     p.add_argument("--workers", type=POSITIVE_INT, default=1, help="worker processes sharing the study (default: 1)")
+    p.add_argument("--threads", type=POSITIVE_INT,
+                   help="cores (and TensorFlow threads) per worker (default: an equal share of the cores with --workers, else all)")
     p.add_argument("--recycle-every", type=NON_NEGATIVE_INT, default=RECYCLE_EVERY, metavar="K",
                    help=f"start a fresh process after K trials, so memory stays flat (default: {RECYCLE_EVERY}; 0: never)")
 
@@ -112,11 +114,24 @@ def _dashboard_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=POSITIVE_INT, default=8080)
 
 
+def _estimate_arguments(p: argparse.ArgumentParser) -> None:
+    _study(p)
+    p.add_argument("--trial", type=NON_NEGATIVE_INT, help="estimate this trial of the stored study (its trials correct the estimate)")
+    p.add_argument("--depth", type=POSITIVE_INT, help="hidden layers (with --width, --epochs, --batch-size: a net of your own)")
+    p.add_argument("--width", type=POSITIVE_INT, help="units per hidden layer")
+    p.add_argument("--epochs", type=POSITIVE_INT, default=10, help="epochs (default: 10)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=100, help="batch size (default: 100)")
+    p.add_argument("--optimizer", default="adam", help="adam, adamw, sgd or rmsprop (default: adam)")
+
+
 def _run(args: argparse.Namespace) -> int:
     cores = os.cpu_count() or 1
     if args.workers > cores:
         raise CommandError(f"--workers {args.workers} exceeds the {cores} CPU cores here; use --workers {cores} or fewer")
-    return run_sweep(Options.from_args(args), args.trials, args.timeout, args.workers, args.recycle_every, args.restartable)
+    if args.threads and args.threads * args.workers > cores:
+        raise CommandError(f"--threads {args.threads} x --workers {args.workers} exceeds the {cores} CPU cores here; "
+                           f"use --threads {max(cores // args.workers, 1)} or fewer")
+    return run_sweep(Options.from_args(args), args.trials, args.timeout, args.workers, args.recycle_every, args.restartable, args.threads)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -129,6 +144,17 @@ def _best(args: argparse.Namespace) -> int:
     from sweep.best import run_best
 
     return run_best(Options.from_args(args), args.max_train_seconds, args.model)
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    from sweep.estimate import run_estimate, shape_config
+
+    if (args.depth is None) != (args.width is None):
+        raise CommandError("pass --depth and --width together (a net of your own), or neither")
+    if args.depth is not None and args.trial is not None:
+        raise CommandError("pass either --trial N or --depth and --width, not both")
+    config = None if args.depth is None else shape_config(args.depth, args.width, args.epochs, args.batch_size, args.optimizer)
+    return run_estimate(Options.from_args(args), config, args.trial)
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -155,6 +181,7 @@ COMMANDS = {
     "run": ("run (or resume) a study until --trials trials have trained", _run_arguments, _run),
     "report": ("print the trials (best first, Pareto set marked), write CSV and the accuracy-vs-time chart", _report_arguments, _report),
     "best": ("retrain the best trial with its seed, test it once, log and register the model", _best_arguments, _best),
+    "estimate": ("predict a net's training time, FLOPs and memory on this machine before it trains", _estimate_arguments, _estimate),
     "predict": ("classify PNG/JPEG images of single digits with the best model", _predict_arguments, _predict),
     "ui": ("start the MLflow UI on this project's store, on the study's runs", _ui_arguments, _ui),
     "dashboard": ("start optuna-dashboard on the study storage (needs the dashboard extra)", _dashboard_arguments, _dashboard),

@@ -18,10 +18,11 @@ import optuna
 from optuna.storages import BaseStorage
 
 from mnist_core.data import Source, Splits, load_splits, resolve_source
+from mnist_core.machine import MachineProfile, current
 from sweep import storage
 from sweep.credentials import redact
 from sweep.studyfile import StudySpec, load_study
-from sweep.tracking import PARENT_ATTR, Tracker, default_tracking_uri
+from sweep.tracking import PARENT_ATTR, Tracker, default_tracking_uri, machine_tags
 
 DEFAULT_STORE = Path("mlruns")
 # Wall clock of sweep deadlines: absolute, so a recycled process keeps its sweep's; a module attribute so
@@ -86,6 +87,10 @@ def store_failure(exc: BaseException | None) -> str | None:
     return None
 
 
+# The study's user attribute holding the profile of the machine that started it.
+STUDY_MACHINE_ATTR = "machine"
+
+
 def study_spec(options: Options) -> StudySpec:
     """The study file, with `--trial-seconds` over its budget."""
     spec = load_study(options.study)
@@ -126,7 +131,7 @@ def load_data(options: Options, spec: StudySpec) -> tuple[Source, Splits]:
     return source, load_splits(source, spec.validation_fraction, spec.split_seed)
 
 
-def parent_run(study: optuna.Study, tracker: Tracker, spec: StudySpec) -> str:
+def parent_run(study: optuna.Study, tracker: Tracker, spec: StudySpec, study_profile: MachineProfile | None) -> str:
     """The study's parent MLflow run: created by its first sweep, reopened by later ones and other workers."""
     run_id = study.user_attrs.get(PARENT_ATTR)
     if run_id:
@@ -144,7 +149,22 @@ def parent_run(study: optuna.Study, tracker: Tracker, spec: StudySpec) -> str:
                                 "front_scale": spec.front_scale, "cost_spread_trials": spec.cost_spread_trials})
     tracker.log_artifact(run_id, spec.path)
     tracker.describe(run_id, [p.name for p in spec.params])
+    if study_profile is not None:
+        tracker.set_tags(run_id, machine_tags(study_profile))
     return run_id
+
+
+def study_machine(study: optuna.Study, create: bool = True) -> MachineProfile | None:
+    """The profile of the machine that started `study` (this one, if none has and `create`); None for a study
+    started before profiles were kept, whose seconds stay raw."""
+    if STUDY_MACHINE_ATTR not in study.user_attrs:
+        if study.trials or not create:
+            return None
+        study.set_user_attr(STUDY_MACHINE_ATTR, current().fields())
+    try:
+        return MachineProfile.from_fields(study.user_attrs[STUDY_MACHINE_ATTR])
+    except ValueError:
+        return None
 
 
 @dataclass
@@ -158,6 +178,7 @@ class SweepContext:
     parent_run_id: str
     deadline: float | None  # clock() after which no trial may run; None: no sweep budget
     report_dir: Path  # where the trade-off chart and CSV are refreshed as trials finish
+    study_profile: MachineProfile | None  # the machine that started the study: study seconds are its seconds
 
     @classmethod
     def open(cls, options: Options, deadline: float | None) -> SweepContext:
@@ -166,8 +187,9 @@ class SweepContext:
         spec, opened = study_spec(options), open_store(options)
         splits = load_data(options, spec)[1]
         study = open_study(options, spec, opened, create=True, train_examples=len(splits.train))
-        tracker = open_tracker(options, study)
-        return cls(spec, study, splits, tracker, parent_run(study, tracker, spec), deadline, options.report_dir)
+        tracker, study_profile = open_tracker(options, study), study_machine(study)
+        return cls(spec, study, splits, tracker, parent_run(study, tracker, spec, study_profile), deadline, options.report_dir,
+                   study_profile)
 
     def seconds_left(self) -> float | None:
         """The sweep's time left, or None without a sweep budget."""

@@ -21,6 +21,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
+from mnist_core import machine
 from mnist_core.trainer import warm_up
 from sweep import callbacks as shown
 from sweep import context, costmodel, storage, workers
@@ -162,9 +163,11 @@ def run_trials(ctx: SweepContext, trials: int, hooks: Sequence[shown.Callback], 
     return ended
 
 
-def worker(options: Options, trials: int, deadline: float | None, recycle_every: int, number: int) -> bool:
-    """One of several worker processes: run trials until enough (True: it ran `recycle_every` of them with
-    work left, and the supervisor starts a fresh one)."""
+def worker(options: Options, trials: int, deadline: float | None, recycle_every: int, count: int, threads: int | None,
+           number: int) -> bool:
+    """Worker `number` of `count` processes, on its share of the cores (`threads` each, if given): run trials
+    until enough (True: it ran `recycle_every` of them with work left, and the supervisor starts a fresh one)."""
+    machine.pin(machine.share(number, count, threads), threads)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # a spawned process starts with Optuna's defaults
     ctx = SweepContext.open(options, deadline)
     write = lambda line: print(f"[worker {number}] {line}", flush=True)  # noqa: E731
@@ -172,9 +175,12 @@ def worker(options: Options, trials: int, deadline: float | None, recycle_every:
 
 
 def run_sweep(options: Options, trials: int | None, timeout: float | None, processes: int, recycle_every: int,
-              restartable: bool) -> int:
+              restartable: bool, threads: int | None = None) -> int:
     """`sweep run`: open the study and run it to `trials` trained trials, in this process or in `processes`
-    workers; its last line counts the study's trials and says why it stopped."""
+    workers (each on its share of the cores, or `threads` of them); its last line counts the study's trials
+    and says why it stopped."""
+    if processes == 1 and threads:
+        machine.pin(machine.share(0, 1, threads), threads)
     with interruptible():
         ctx = SweepContext.open(options, None)
         trials = trials or ctx.spec.trials
@@ -188,7 +194,7 @@ def run_sweep(options: Options, trials: int | None, timeout: float | None, proce
               f"{ctx.spec.trial_seconds:g} s" + (f", sweep budget {timeout:g} s" if timeout else ""), flush=True)
         status = "FAILED"
         try:
-            why = _in_processes(options, ctx, trials, processes, recycle_every, restartable)
+            why = _in_processes(options, ctx, trials, processes, recycle_every, restartable, threads)
             status = "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
@@ -200,7 +206,8 @@ def run_sweep(options: Options, trials: int | None, timeout: float | None, proce
     return 0
 
 
-def _in_processes(options: Options, ctx: SweepContext, trials: int, processes: int, recycle_every: int, restartable: bool) -> str:
+def _in_processes(options: Options, ctx: SweepContext, trials: int, processes: int, recycle_every: int, restartable: bool,
+                  threads: int | None) -> str:
     """Run the trials in this process (replacing its image every `recycle_every` trials when `restartable`),
     or in `processes` supervised workers; why they stopped."""
     if processes == 1:
@@ -211,7 +218,7 @@ def _in_processes(options: Options, ctx: SweepContext, trials: int, processes: i
         return ended.reason
     deadline = ctx.deadline
     workers.supervise(
-        functools.partial(worker, options, trials, deadline, recycle_every), processes, bound=trials,
+        functools.partial(worker, options, trials, deadline, recycle_every, processes, threads), processes, bound=trials,
         work_left=lambda: storage.count_finished(ctx.study) < trials and (deadline is None or context.clock() < deadline),
     )
     return f"the study has its {trials} trained trials" if storage.count_finished(ctx.study) >= trials else "see the workers' lines above"

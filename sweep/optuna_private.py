@@ -3,6 +3,7 @@
 - A trial that found no free slot goes back to WAITING, and the trial of a dead worker is marked FAIL
   from another process, with the storage's answer telling which worker won the race (`Study.tell` with
   `skip_if_finished` would hide it, and both racers would queue a retry).
+- The seed model's point on a chart comes from another study of the same storage.
 - The sampler's view of a study (`sweep/views.py`) must answer `Study._get_trials`, which Optuna's
   samplers call instead of `get_trials`.
 Check these on an Optuna upgrade: they read `Study._storage`, `Trial._trial_id` and `Study._get_trials`.
@@ -33,3 +34,11 @@ def set_user_attrs(study: optuna.Study, trial: FrozenTrial, values: dict[str, An
 def get_trials(study: optuna.Study, deepcopy: bool, states: Any, use_cache: bool) -> list[FrozenTrial]:
     """`Study._get_trials`, as the samplers call it."""
     return study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
+
+
+def sibling(study: optuna.Study, name: str) -> optuna.Study | None:
+    """The study called `name` in `study`'s storage, if there is one."""
+    try:
+        return optuna.load_study(study_name=name, storage=study._storage)
+    except KeyError:
+        return None

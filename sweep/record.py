@@ -47,14 +47,21 @@ class TrialRecord:
     seed: int | None = None
     batch_size: int | None = None
     epochs: int | None = None
-    augmented: bool | None = None  # whether its training images were moved (the cost model's third term)
+    augmented: bool | None = None  # whether its training images were moved
     jit_compile: bool | None = None  # as the trainer decided for this run
+    # The machine that ran it (`mnist_core/machine.py`, the profile's fields) and what its epoch costs there by
+    # the profile's terms (`sweep/costmodel.py`). Its seconds are that machine's; `seconds_scale` converts them
+    # to study seconds, the seconds of the machine that started the study (`study_profile`): its curve, its
+    # points and its objective are in study seconds. Stored before profiles: None, its seconds are raw.
+    machine: dict[str, Any] | None = None
+    epoch_terms: tuple[float, ...] | None = None
+    seconds_scale: float | None = None
     # The cost gate (sweep/trial.py).
     predicted_seconds: float | None = None
-    cost_model_trials: int | None = None  # 0: the nominal prior judged it
+    cost_model_trials: int | None = None  # 0: the machine profile alone predicted it
     min_epochs: int | None = None
     mlflow_run_id: str | None = None
-    # What it measured: every full epoch's (cumulative seconds, validation accuracy), written after each one.
+    # What it measured: every full epoch's (cumulative study seconds, validation accuracy), written after each one.
     curve: tuple[tuple[float, float], ...] | None = None
     step_seconds: float | None = None  # seconds per batch after tracing, timed by the trainer
     # Summary metrics (sweep/tracking.SUMMARY_METRICS), written when it ends.
@@ -62,7 +69,8 @@ class TrialRecord:
     best_val_loss: float | None = None
     best_epoch: int | None = None
     epochs_run: int | None = None  # epochs it entered, the last perhaps cut short
-    train_seconds: float | None = None
+    train_seconds: float | None = None  # measured on its machine
+    study_seconds: float | None = None  # train_seconds x seconds_scale
     warmup_seconds: float | None = None
     seconds_per_epoch: float | None = None
     steady_epochs: int | None = None
@@ -76,11 +84,14 @@ class TrialRecord:
         values: dict[str, Any] = {name: attrs[name] for name in _KEYS if name in attrs}
         if values.get("curve") is not None:
             values["curve"] = tuple((float(s), float(a)) for s, a in values["curve"])
+        if values.get("epoch_terms") is not None:
+            values["epoch_terms"] = tuple(float(t) for t in values["epoch_terms"])
         return cls(state=trial.state, number=trial.number, **values)
 
     @property
     def points(self) -> list[Point]:
-        """The trial's epochs as points; a complete trial stored before curves were kept gives its scored epoch alone."""
+        """The trial's epochs as points, in study seconds; a complete trial stored before curves were kept gives
+        its scored epoch alone."""
         if self.curve is None:
             if self.state == TrialState.COMPLETE and self.best_val_accuracy is not None:
                 return [Point(self.number, int(self.best_epoch), float(self.train_seconds), float(self.best_val_accuracy))]
@@ -111,7 +122,8 @@ def attrs(**values: Any) -> dict[str, Any]:
     for name in values:
         if name not in _KEYS:
             raise KeyError(f"{name!r} is not a field of TrialRecord")
-    return {name: [list(p) for p in value] if name == "curve" else value for name, value in values.items()}
+    return {name: [list(p) for p in value] if name == "curve" else list(value) if name == "epoch_terms" else value
+            for name, value in values.items()}
 
 
 def save(trial: optuna.Trial, **values: Any) -> None:

@@ -56,7 +56,7 @@ CHEAPEST = {"depth": min, "width": min, "input_crop": max, "epochs": min, "batch
 OBJECTIVES = {
     "val_accuracy": ("maximize", "best_val_accuracy"),
     "val_loss": ("minimize", "best_val_loss"),
-    "train_seconds": ("minimize", "train_seconds"),
+    "train_seconds": ("minimize", "study_seconds"),  # on the machine that started the study (sweep/costmodel.py)
 }
 SAMPLERS = ("tpe", "random", "nsga2")
 PRUNERS = ("none", "median", "hyperband", "dominance")  # dominance: ours, for accuracy against seconds (sweep/dominance.py)

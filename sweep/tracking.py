@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from mnist_core.data import Splits
+from mnist_core.machine import MachineProfile
 from mnist_core.trainer import EpochStats, TrainConfig, TrainResult
 from sweep.credentials import TRACKING_ENV
 
@@ -136,6 +137,7 @@ SUMMARY_METRICS = (
     "best_epoch",
     "epochs_run",
     "train_seconds",
+    "study_seconds",
     "warmup_seconds",
     "seconds_per_epoch",
     "steady_epochs",
@@ -144,8 +146,9 @@ SUMMARY_METRICS = (
 )
 
 
-def summary_metrics(result: TrainResult) -> dict[str, float | None]:
-    """A trial's score (its best validation epoch) and costs: what the report and MLflow show."""
+def summary_metrics(result: TrainResult, seconds_scale: float = 1.0) -> dict[str, float | None]:
+    """A trial's score (its best validation epoch) and costs: what the report and MLflow show. Its seconds
+    are the machine's that ran it; study seconds are them times `seconds_scale` (`sweep/costmodel.py`)."""
     best = result.best_epoch
     values = (
         best.val_accuracy if best else None,
@@ -153,6 +156,7 @@ def summary_metrics(result: TrainResult) -> dict[str, float | None]:
         best.epoch if best else None,
         len(result.epochs),
         result.seconds,
+        result.seconds * seconds_scale,
         result.warmup_seconds,
         result.seconds_per_epoch,
         result.steady_epochs,
@@ -160,6 +164,11 @@ def summary_metrics(result: TrainResult) -> dict[str, float | None]:
         result.param_count,
     )
     return dict(zip(SUMMARY_METRICS, values, strict=True))
+
+
+def machine_tags(profile: MachineProfile) -> dict[str, str]:
+    """A machine profile as `machine.*` run tags: which machine a run's seconds are of."""
+    return {f"machine.{name}": str(value) for name, value in profile.fields().items()}
 
 
 def config_params(config: TrainConfig) -> dict[str, Any]:
@@ -224,7 +233,8 @@ class Tracker:
             run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
         )
 
-    def log_epoch(self, run_id: str, stats: EpochStats) -> None:
+    def log_epoch(self, run_id: str, stats: EpochStats, cumulative: dict[str, float] | None = None) -> None:
+        """An epoch's metrics, and the run's `cumulative` ones at its end (study seconds, FLOPs, ...)."""
         self.log_metrics(
             run_id,
             {
@@ -233,6 +243,7 @@ class Tracker:
                 "val_loss": stats.val_loss,
                 "val_accuracy": stats.val_accuracy,
                 "epoch_seconds": stats.seconds,
+                **(cumulative or {}),
             },
             step=stats.epoch,
         )

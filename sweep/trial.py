@@ -17,15 +17,16 @@ from dataclasses import dataclass, field
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from mnist_core.machine import current
 from mnist_core.model import param_count
-from mnist_core.trainer import Budget, EpochStats, TrainConfig, train
+from mnist_core.trainer import Budget, EpochStats, TrainConfig, epoch_terms, train
 from sweep import costmodel, dominance, record
 from sweep.context import SweepContext
 from sweep.points import front
 from sweep.processes import as_interrupt, check_stop
 from sweep.record import FINISHED, SWEEP_TIME_SKIP
 from sweep.studyfile import StudySpec
-from sweep.tracking import summary_metrics
+from sweep.tracking import machine_tags, summary_metrics
 from sweep.workers import Heartbeat, own
 
 # A run tag: the trial was cut inside its first epoch, so it has no point and does not count as trained.
@@ -95,8 +96,11 @@ def run_trial(ctx: SweepContext, trial: optuna.Trial, pruning: Pruning) -> Froze
         own(trial)
         seed = ctx.spec.seed + trial.number
         config = ctx.spec.config_for(trial, seed)
-        record.save(trial, seed=seed, batch_size=config.batch_size, epochs=config.epochs,  # the cost model's inputs,
-                    augmented=config.augmentation.enabled)  # searched or fixed
+        examples, profile = len(ctx.splits.train), current()
+        scale = costmodel.seconds_scale(config, examples, profile, ctx.study_profile)
+        # The cost model's inputs (searched or fixed), and what converts this machine's seconds to the study's.
+        record.save(trial, seed=seed, batch_size=config.batch_size, epochs=config.epochs, augmented=config.augmentation.enabled,
+                    machine=profile.fields(), epoch_terms=epoch_terms(config, examples, profile), seconds_scale=scale)
         seconds = ctx.spec.trial_seconds if ctx.deadline is None else min(ctx.spec.trial_seconds, ctx.seconds_left())
         outcome = _skip(ctx, trial, config, seconds)
         if outcome is None:
@@ -104,7 +108,8 @@ def run_trial(ctx: SweepContext, trial: optuna.Trial, pruning: Pruning) -> Froze
             run_id = ctx.tracker.start_run(f"trial-{trial.number}", ctx.parent_run_id,
                                            {"optuna.trial_number": str(trial.number), "optuna.study": trial.study.study_name})
             _describe_run(ctx, trial, config, run_id)
-            outcome = _train(ctx, trial, config, seconds, run_id, pruning)
+            ctx.tracker.set_tags(run_id, machine_tags(profile))
+            outcome = _train(ctx, trial, config, seconds, run_id, pruning, scale)
     except BaseException as exc:  # Ctrl-C, SIGTERM, a tracking or storage error
         error = as_interrupt(exc)
         outcome = Outcome(TrialState.FAIL, "interrupted" if isinstance(error, KeyboardInterrupt) else _reason(error))
@@ -126,8 +131,8 @@ def _reason(exc: BaseException) -> str:
 def _skip(ctx: SweepContext, trial: optuna.Trial, config: TrainConfig, left: float) -> Outcome | None:
     """Why the trial is not run, if its needed epochs cannot fit in `left` seconds: PRUNED when they exceed its
     own budget (the sampler learns the config is too slow), FAIL `skipped: sweep time` when only the sweep's
-    time left is too short. Judged on the cost model's optimistic end once it has a measurement (the nominal
-    prior errs low anyway)."""
+    time left is too short. Judged on the cost model's optimistic end once a trial of the study has corrected the
+    machine profile (a profile alone may be off for this trainer: the run's own projection judges it then)."""
     n_params, examples = param_count(config.model), len(ctx.splits.train)
     needed = ctx.spec.epochs_needed(config.epochs)
     model = costmodel.fit(ctx.study, examples)
@@ -148,18 +153,23 @@ def _describe_run(ctx: SweepContext, trial: optuna.Trial, config: TrainConfig, r
     ctx.tracker.describe_run(run_id, config, ctx.splits, study_file=str(ctx.spec.path), trial_number=trial.number)
 
 
-def _train(ctx: SweepContext, trial: optuna.Trial, config: TrainConfig, seconds: float, run_id: str, pruning: Pruning) -> Outcome:
-    """Train within `seconds`, logging each epoch, keeping its point, and asking `pruning` after each one."""
+def _train(ctx: SweepContext, trial: optuna.Trial, config: TrainConfig, seconds: float, run_id: str, pruning: Pruning,
+           scale: float) -> Outcome:
+    """Train within `seconds`, logging each epoch, keeping its point in study seconds (`scale` per second
+    here), and asking `pruning` after each one."""
     curve: list[tuple[float, float]] = []
-    elapsed = 0.0
+    elapsed, epochs_done = 0.0, 0.0
+    run = config.work(len(ctx.splits.train))
 
     def on_epoch(stats: EpochStats) -> str | None:
-        nonlocal elapsed
+        nonlocal elapsed, epochs_done
         check_stop()
-        ctx.tracker.log_epoch(run_id, stats)
         elapsed += stats.seconds
+        epochs_done += stats.examples / run.examples
+        ctx.tracker.log_epoch(run_id, stats, {"study_seconds": elapsed * scale, "flops": run.flops(epochs_done),
+                                              "optimizer_bytes": run.optimizer_bytes(epochs_done)})
         if not stats.partial:
-            curve.append((elapsed, stats.val_accuracy))
+            curve.append((elapsed * scale, stats.val_accuracy))
             record.save(trial, curve=curve)
         return pruning.after_epoch(trial, stats, curve, config.epochs)
 
@@ -174,7 +184,7 @@ def _train(ctx: SweepContext, trial: optuna.Trial, config: TrainConfig, seconds:
     record.save(trial, jit_compile=result.config.model.jit_compile, step_seconds=result.step_seconds)
     state = {"completed": TrialState.COMPLETE, "stopped": TrialState.PRUNED, "failed": TrialState.FAIL}[result.outcome]
     ctx.tracker.set_tags(run_id, {"jit_compile": result.config.model.jit_compile, CUT_TAG: state == TrialState.PRUNED and not curve})
-    metrics = summary_metrics(result)
+    metrics = summary_metrics(result, scale)
     values = [metrics[m] for m in ctx.spec.objective_metrics] if state == TrialState.COMPLETE else None
     return Outcome(state, result.reason, metrics, values)
 

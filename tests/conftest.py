@@ -6,6 +6,9 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# One pinned machine profile for every test and the processes they start: no test pays the measurement, and
+# the trainer's decisions do not depend on the machine (tests/test_machine.py measures, with its own cache).
+os.environ["MNIST_SWEEP_PROFILE"] = str(Path(__file__).parent / "fixtures" / "machine.json")
 
 import pytest
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -13,7 +12,6 @@ from optuna.trial import TrialState
 
 from sweep.best import SelectionError, model_name, select_point
 from sweep.points import Scale, front, hypervolume, pareto_mask
-from sweep.report import SEED_REFERENCE, seed_reference
 
 
 def test_pareto_mask_on_a_known_front():
@@ -104,12 +102,3 @@ def test_log_hypervolume_counts_decades_of_time_and_of_error():
     assert hypervolume(np.array([0.99, 0.99]), np.array([0.1, 50.0]), 100.0) == pytest.approx(0.99 * 99.9)
 
 
-def test_charts_place_the_seed_model_from_its_stored_measurement(tmp_path):
-    measured = tmp_path / "seed.reference.json"
-    measured.write_text(json.dumps({"measured": "a 2-core test box, 2026-01-02", "train_seconds": 240.5, "val_accuracy": 0.9771}))
-    assert seed_reference(measured) == ("seed model 5x2000, 10 ep (a 2-core test box, 2026-01-02)", 240.5, 0.9771)
-    assert seed_reference(tmp_path / "missing.json") is None
-    measured.write_text('{"measured": "x"}')  # no time or accuracy: no point rather than a wrong one
-    assert seed_reference(measured) is None
-    shipped = json.loads(SEED_REFERENCE.read_text())  # the shipped measurement says where it came from
-    assert shipped["command"].startswith("python bench/") and shipped["source"].startswith("bench/results/")

@@ -7,6 +7,7 @@ import math
 import optuna
 import pytest
 
+from mnist_core.machine import current
 from sweep import costmodel
 from sweep.spread import CostSpread, level
 from sweep.storage import make_sampler
@@ -19,7 +20,7 @@ EXAMPLES = 54_000  # real MNIST's training split
 
 def predicted(spec, params: dict) -> float:
     config = spec.config_for(optuna.trial.FixedTrial(params), seed=0)
-    return costmodel.PRIOR.predict(config, EXAMPLES)
+    return costmodel.CostModel(current()).predict(config, EXAMPLES)
 
 
 def test_the_first_trials_of_the_map_climb_the_decades_of_cost():
@@ -33,7 +34,7 @@ def test_the_first_trials_of_the_map_climb_the_decades_of_cost():
         study.tell(trial, state=optuna.trial.TrialState.FAIL)  # nothing trained: the cost model stays the prior
     spread = costs[:n]
     # Each aims at its own level, cheapest first: within a factor of two of it, and so in order.
-    cheapest = costmodel.PRIOR.predict(spec.cheapest_config(), EXAMPLES)
+    cheapest = costmodel.CostModel(current()).predict(spec.cheapest_config(), EXAMPLES)
     for index, cost in enumerate(spread):
         assert abs(math.log(cost / level(spec, index, cheapest))) < math.log(2), (index, cost)
     assert spread == sorted(spread)
@@ -63,5 +64,5 @@ def test_a_sweep_places_its_first_trial_at_the_first_level_of_cost(cli, tmp_path
     spec = load_study(path)
     (first,) = [r for r in records(load(cli.store, "spread")) if r.number == 0]
     examples = round(600 * (1 - spec.validation_fraction))  # the synthetic training set, less validation
-    cheapest = costmodel.PRIOR.predict(spec.cheapest_config(), examples)
+    cheapest = costmodel.CostModel(current()).predict(spec.cheapest_config(), examples)
     assert abs(math.log(first.predicted_seconds / level(spec, 0, cheapest))) < math.log(2), (first.predicted_seconds, cheapest)

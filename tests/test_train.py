@@ -112,18 +112,31 @@ def test_at_a_constant_rate_the_first_epochs_of_a_long_run_are_the_short_run(spl
     assert not TrainConfig(decaying).epochs_are_runs and metrics(long)[:2] != metrics(short)
 
 
-def test_execution_steps_are_about_a_quarter_second_and_at_most_an_epoch():
+SEED_MODEL = TrainConfig(MLPConfig(depth=5, width=2000), batch_size=100)
+
+
+def test_execution_steps_are_about_a_quarter_second_on_this_machine_and_at_most_an_epoch():
+    from mnist_core.machine import current
     from mnist_core.trainer import execution_steps
 
-    assert execution_steps(17_598_010, 100, 540) == 2  # the seed model: each batch is ~0.09 s of work
-    assert execution_steps(50_890, 512, 106) == 106  # a 1 x 64 net: the whole epoch in one call
-    assert execution_steps(10**10, 1000, 54) == 1
+    profile = current()  # the pinned profile (tests/fixtures/machine.json)
+    seed = SEED_MODEL.work(54_000)
+    assert execution_steps(seed, profile) == int(0.25 / profile.step_seconds(seed)) == 1  # ~0.15 s of work a batch
+    faster = dataclasses.replace(profile, gflops=10 * profile.gflops, gbps=10 * profile.gbps)
+    assert execution_steps(seed, faster) == int(0.25 / faster.step_seconds(seed)) > 1
+    tiny = TrainConfig(MLPConfig(depth=1, width=64), batch_size=512).work(54_000)
+    assert execution_steps(tiny, profile) == tiny.steps_per_epoch == 106  # the whole epoch in one call
 
 
-def test_xla_is_chosen_for_long_runs_and_recorded_in_the_result(splits):
+def test_xla_is_chosen_for_long_runs_on_this_machine_and_recorded_in_the_result(splits):
+    from mnist_core.machine import current
     from mnist_core.trainer import use_xla
 
-    assert not use_xla(50_890, 54_000, 3) and use_xla(17_598_010, 54_000, 10)  # a tiny net vs the seed model
+    profile = current()
+    tiny = TrainConfig(MLPConfig(depth=1, width=64), batch_size=512).work(54_000)
+    assert not use_xla(tiny, 3, profile) and use_xla(SEED_MODEL.work(54_000), 10, profile)
+    # Compiling repays itself by the machine's arithmetic: on one 100 times faster the seed model's is short.
+    assert not use_xla(SEED_MODEL.work(54_000), 10, dataclasses.replace(profile, gflops=100 * profile.gflops))
     result = train(TrainConfig(MLPConfig(depth=1, width=8), epochs=1, batch_size=64), splits)
     assert result.config.model.jit_compile is False  # decided, not left open
     forced = train(TrainConfig(MLPConfig(depth=1, width=8, jit_compile=True), epochs=1, batch_size=64), splits)

@@ -40,6 +40,8 @@ from pathlib import Path
 
 from common import RESULTS, ROOT, clean_tree, commit, machine, publish
 
+from sweep.testing.stores import study_text
+
 CELLS = RESULTS / "machines_cells.json"
 REPEATS = 3
 # From the tool's fast end to the seed model: (depth, width, epochs), 2 epochs at 4 x 1024 and up.
@@ -48,28 +50,10 @@ BATCH = 100  # the seed's batch
 CONDITIONS = {"full": None, "one": 1}  # threads (and cores) the condition pins; None: the whole machine
 QUOTA = 0.4  # of one CPU, for the hetero cell's second worker
 HETERO_TRIALS = 16
-HETERO_STUDY = """
-[study]
-name = "hetero"
-objectives = ["val_accuracy", "train_seconds"]
-trials = 16
-seed = 0
-cost_spread_trials = 0
-
-[budget]
-trial_seconds = 300
-
-[scientific]
-depth = { low = 1, high = 3 }
-width = { low = 512, high = 2048, log = true }
-epochs = { low = 1, high = 3 }
-
-[nuisance]
-learning_rate = { low = 3e-4, high = 3e-3, log = true }
-
-[fixed]
-batch_size = 128
-"""
+# Compute-bound nets: the tiny test study, wider and longer.
+HETERO_STUDY = study_text("hetero", trials=str(HETERO_TRIALS), trial_seconds="300", depth="{ low = 1, high = 3 }",
+                          width="{ low = 512, high = 2048, log = true }", epochs="{ low = 1, high = 3 }",
+                          learning_rate="{ low = 3e-4, high = 3e-3, log = true }", batch_size="128")
 
 
 def run_cell(condition: str, data_dir: str) -> dict:

@@ -181,15 +181,17 @@ def machines(study: optuna.Study) -> list[str]:
     lines = [f"study seconds are seconds on {study_profile.label}" if study_profile else
              "this study was started before machine profiles were kept: its seconds are each trial's raw seconds"]
     ran: dict[str, list[int]] = {}
+    unprofiled = 0
     for rec in records(study):
         if rec.machine is not None:
             measured = {k: v for k, v in rec.machine.items() if k != "source"}  # cached or measured, the same machine
             ran.setdefault(json.dumps(measured, sort_keys=True), []).append(rec.number)
+        else:
+            unprofiled += rec.trained
     for key, numbers in ran.items():
         p = MachineProfile.from_fields(json.loads(key))
         lines.append(f"  {len(numbers)} trial(s) on {p.host}: {p.label}; {p.gflops:.0f} GFLOP/s, {p.gbps:.1f} GB/s, "
                      f"{p.batch_us:.0f} us a batch (measured {p.measured})")
-    unprofiled = sum(rec.machine is None and rec.trained for rec in records(study))
     if unprofiled:
         lines.append(f"  {unprofiled} trained trial(s) stored without a machine profile: their seconds are raw")
     return lines

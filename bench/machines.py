@@ -3,6 +3,7 @@
     python bench/machines.py cell full --data-dir ../shared/datasets/mnist   # all cores, TensorFlow's defaults
     python bench/machines.py cell one --data-dir ../shared/datasets/mnist    # 1 core, 1 thread
     python bench/machines.py hetero --data-dir ../shared/datasets/mnist      # two workers, one under a CPU quota
+    python bench/machines.py seed --data-dir ../shared/datasets/mnist        # the seed model once (run it 3 times)
     python bench/machines.py summary                                         # bench/results/machines.{json,md}
 
 Each cell is one condition in a fresh process (TensorFlow's thread pools are fixed when it starts): it pins
@@ -23,6 +24,9 @@ The protocol, fixed here before any cell runs:
   removed after). Per worker, the median of its trials' seconds over the profile's prediction for the study's
   machine, in study seconds and in raw seconds; `hetero_*_ratio_gap_pct` is how far the two medians differ,
   in percent of the smaller.
+- `seed`: the seed study's model (`sweep/studies/seed.toml`) trained once per invocation on the whole machine;
+  `seed_estimate_error_pct` is the profile's prediction (what `sweep estimate --study seed` prints) against
+  the median of the runs, in percent, once there are SEED_RUNS of them.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ BATCH = 100  # the seed's batch
 CONDITIONS = {"full": None, "one": 1}  # threads (and cores) the condition pins; None: the whole machine
 QUOTA = 0.4  # of one CPU, for the hetero cell's second worker
 HETERO_TRIALS = 16
+SEED_RUNS = 3
 # Compute-bound nets: the tiny test study, wider and longer.
 HETERO_STUDY = study_text("hetero", trials=str(HETERO_TRIALS), trial_seconds="300", depth="{ low = 1, high = 3 }",
                           width="{ low = 512, high = 2048, log = true }", epochs="{ low = 1, high = 3 }",
@@ -91,6 +96,34 @@ def cell(args: argparse.Namespace) -> None:
     CELLS.write_text(json.dumps(cells, indent=1) + "\n")
 
 
+def seed(args: argparse.Namespace) -> None:
+    """The seed model once, next to the prediction `sweep estimate --study seed` makes before it trains."""
+    os.environ["MNIST_SWEEP_CACHE"] = tempfile.mkdtemp()  # the profile measured afresh, like the cells'
+    import optuna
+
+    from mnist_core.data import load_splits, resolve_source
+    from mnist_core.machine import current
+    from mnist_core.trainer import train, warm_up
+    from sweep.costmodel import CostModel
+    from sweep.studyfile import STUDIES, load_study
+
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    spec = load_study(STUDIES / "seed.toml")
+    config = spec.config_for(optuna.trial.FixedTrial({}), seed=spec.seed)
+    splits = load_splits(resolve_source(args.data_dir), spec.validation_fraction, spec.split_seed)
+    warm_up(splits)
+    profile = current()
+    predicted = CostModel(profile).predict(config, len(splits.train))
+    print(f"predicted {predicted:.0f} s; training {config}", flush=True)
+    run = {"seconds": train(config, splits).seconds, "predicted": predicted, "profile": profile.fields(), "commit": commit(),
+           "clean_tree": clean_tree(), "machine": machine(), "started": started, "ended": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "command": " ".join(["python", "bench/machines.py", *sys.argv[1:]])}
+    print(json.dumps({k: run[k] for k in ("seconds", "predicted")}), flush=True)
+    cells = json.loads(CELLS.read_text()) if CELLS.exists() else {}
+    cells.setdefault("seed", []).append(run)
+    CELLS.write_text(json.dumps(cells, indent=1) + "\n")
+
+
 def hetero(args: argparse.Namespace) -> None:
     """Two workers of one sweep, one throttled: their trials in study seconds agree with the study machine's
     predictions alike, in raw seconds not."""
@@ -103,7 +136,8 @@ def hetero(args: argparse.Namespace) -> None:
         study_file.write_text(HETERO_STUDY)
         argv = [sys.executable, "-m", "sweep", "run", "--study", str(study_file), "--store", str(store), "--data-dir", args.data_dir,
                 "--trials", str(HETERO_TRIALS), "--workers", "2", "--threads", "1"]
-        sweep = subprocess.Popen(argv, cwd=ROOT)
+        # The workers measure their profiles afresh, each under its own share (and the second under the quota).
+        sweep = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "MNIST_SWEEP_CACHE": str(Path(tmp) / "profiles")})
         done = threading.Event()
 
         def throttle() -> None:  # the worker pinned to the second core goes under the quota, recycled ones too
@@ -221,6 +255,17 @@ def summary(_: argparse.Namespace) -> None:
     lines += [f"| {c['net']} | {c['epochs']} | {c['full_seconds']:.1f} | {c['one_seconds']:.1f} | {c['raw_ratio']:.2f} | "
               f"{c['one_in_study_seconds']:.1f} | {c['study_seconds_error_pct']:.1f} | {c['full_predicted']:.1f} | {c['one_predicted']:.1f} |"
               for c in configs]
+    if len(cells.get("seed", [])) >= SEED_RUNS:
+        runs = cells["seed"]
+        measured, predicted = statistics.median(r["seconds"] for r in runs), statistics.median(r["predicted"] for r in runs)
+        result.update(seed_seconds=[r["seconds"] for r in runs], seed_predicted=[r["predicted"] for r in runs],
+                      seed_estimate_error_pct=100 * (predicted / measured - 1),
+                      seed_commits=sorted({r["commit"] for r in runs}))
+        lines += ["", "## The seed model: estimated before it trains, and measured", "",
+                  f"`python bench/machines.py seed` {len(runs)} times (commit(s) {', '.join(result['seed_commits'])}): trained in "
+                  f"{', '.join(f'{r:.0f}' for r in result['seed_seconds'])} s (median {measured:.0f} s); the profile predicted "
+                  f"{', '.join(f'{r:.0f}' for r in result['seed_predicted'])} s (median {predicted:.0f} s): "
+                  f"seed_estimate_error_pct {result['seed_estimate_error_pct']:+.1f} (target within 15)."]
     if "hetero" in cells:
         het = cells["hetero"]
         result.update({k: het[k] for k in ("hetero_study_ratio_gap_pct", "hetero_raw_ratio_gap_pct")}, hetero=het)
@@ -267,6 +312,9 @@ def main() -> None:
     throttled = commands.add_parser("hetero")
     throttled.add_argument("--data-dir", required=True)
     throttled.set_defaults(action=hetero)
+    once = commands.add_parser("seed")
+    once.add_argument("--data-dir", required=True)
+    once.set_defaults(action=seed)
     commands.add_parser("summary").set_defaults(action=summary)
     args = parser.parse_args()
     args.action(args)

@@ -9,7 +9,7 @@ The same study run on two machines, or on one machine shared by two workers, dif
 alike for every net: no single factor converts one's seconds to the other's, a profile can
 (`mnist_core/work.py` counts the work).
 
-Each process measures its machine once (`current()`, about a second), or reads a fresh copy cached under
+Each process measures its machine once (`current()`, a few seconds), or reads a fresh copy cached under
 `cache_dir()` for the same host, CPU, CPU affinity and quota, thread counts, TensorFlow version and device. A test
 pins a profile with the environment variable MNIST_SWEEP_PROFILE (a JSON file), measuring nothing.
 """
@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import socket
@@ -39,7 +40,8 @@ PIN_ENV = "MNIST_SWEEP_PROFILE"
 CACHE_ENV = "MNIST_SWEEP_CACHE"
 # A cached profile older than this is measured again: the same host may have been resized or upgraded.
 MAX_AGE_SECONDS = 7 * 24 * 3600
-VERSION = 1  # of the profile's fields; a cached profile of another version is measured again
+# Of the profile's fields and how they are measured: a cached profile of another version is measured again.
+VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -264,40 +266,51 @@ def load() -> MachineProfile:
 
 
 def measure() -> dict[str, float]:
-    """The rates and fixed costs of this process's machine, in about a second (see each part)."""
+    """The rates and fixed costs of this process's machine, in a few seconds (see each part)."""
     from mnist_core.trainer import measure_overheads
 
     return {"gflops": _gflops(), "gbps": _gbps(), **measure_overheads()}
 
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    """Median seconds of `repeats` calls of `fn` (call it once before, if its first call traces)."""
+def median_seconds(fn: Callable[[], object], repeats: int = 3, span: float = 0.15) -> float:
+    """Median seconds of one call of `fn` over `repeats` timings, each of as many calls as last `span` seconds.
+    A CPU quota hands out time per 100 ms period: a timing shorter than that sees the quota's slice, not its
+    share. The first call (which may trace) sizes the timings and is not counted."""
+    start = time.perf_counter()
+    fn()
+    calls = max(1, math.ceil(span / max(time.perf_counter() - start, 1e-6)))
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - start) / calls)
     return sorted(times)[len(times) // 2]
 
 
+# (batch, inputs, outputs) of the dense layers whose products `_gflops` times: the seed's, a first layer, and
+# the widths and batches studies search. Small ones run at a fraction of the large ones' rate, but their
+# steps are mostly fixed costs (the other terms).
+GFLOPS_SHAPES = ((100, 2000, 2000), (128, 784, 1024), (256, 1024, 1024), (128, 512, 512))
+
+
 def _gflops() -> float:
-    """Matrix products of a 1024-wide layer at batch 256: forward, the weights' and the input's gradients."""
+    """Matrix products of dense layers at GFLOPS_SHAPES: forward, the weights' and the input's gradients.
+    Every product has operands of its own: TensorFlow computes repeated identical products once."""
     import tensorflow as tf
 
-    batch, width, rounds = 256, 1024, 2
-    x, w, g = (tf.random.normal(s) for s in ((batch, width), (width, width), (batch, width)))
+    operands = [[tf.random.normal(s) for s in ((b, i), (i, o), (b, o))] for b, i, o in GFLOPS_SHAPES]
 
     @tf.function(autograph=False)
     def products():
         total = tf.zeros(())
-        for _ in range(rounds):
-            total += tf.reduce_sum(tf.matmul(x, w)[0]) + tf.reduce_sum(tf.matmul(x, g, transpose_a=True)[0])
-            total += tf.reduce_sum(tf.matmul(g, w, transpose_b=True)[0])
+        for x, w, g in operands:
+            total += tf.reduce_sum(tf.matmul(x, w)) + tf.reduce_sum(tf.matmul(x, g, transpose_a=True))
+            total += tf.reduce_sum(tf.matmul(g, w, transpose_b=True))
         return total
 
-    products()
-    seconds = median_seconds(lambda: products().numpy(), 3)
-    return 3 * rounds * 2 * batch * width * width / seconds / 1e9
+    seconds = median_seconds(lambda: products().numpy(), repeats=5)  # the noisiest rate on a shared VM
+    return sum(3 * 2 * b * i * o for b, i, o in GFLOPS_SHAPES) / seconds / 1e9
 
 
 def _gbps() -> float:
@@ -315,6 +328,5 @@ def _gbps() -> float:
                                          lr=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-7, grad=grad)
         return var[0]
 
-    updates()
-    seconds = median_seconds(lambda: updates().numpy(), 3)
+    seconds = median_seconds(lambda: updates().numpy())
     return rounds * 7 * 4 * n / seconds / 1e9

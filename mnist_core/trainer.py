@@ -406,20 +406,20 @@ def measure_overheads() -> dict[str, float]:
     order, seed = tf.constant(epoch_order(0, 1, OVERHEAD_EXAMPLES)), tf.constant(0, tf.int64)
     moves = Augmentation(translate=0.08, rotate=10.0, scale=0.1, elastic=19.0)
 
-    def call_and_batch(depth: int, augmentation: Augmentation = Augmentation()) -> tuple[float, float]:
+    def batches(depth: int, augmentation: Augmentation, last: int) -> float:
+        """Seconds of one call of `last` batches of a `depth`-layer net."""
         config = TrainConfig(MLPConfig(depth=depth, width=8, jit_compile=False), epochs=1, batch_size=OVERHEAD_BATCH,
                              augmentation=augmentation)
         loop = _Loop(build_mlp(config.model), config, data)
-        span = lambda last: lambda: float(loop.run_batches(order, tf.constant(0), tf.constant(last), seed))  # noqa: E731
-        span(1)()  # traces
-        one, many = median_seconds(span(1), 7), median_seconds(span(OVERHEAD_CALLED), 3)
-        batch = max(many - one, 0.0) / (OVERHEAD_CALLED - 1)
-        return max(one - batch, 0.0), batch
+        return median_seconds(lambda: float(loop.run_batches(order, tf.constant(0), tf.constant(last), seed)))
 
     try:
-        call, batch = call_and_batch(1)
-        deep = call_and_batch(4)[1]
-        augmented = call_and_batch(1, moves)[1]
+        one, many = batches(1, Augmentation(), 1), batches(1, Augmentation(), OVERHEAD_CALLED)
+        batch = max(many - one, 0.0) / (OVERHEAD_CALLED - 1)
+        call = max(one - batch, 0.0)
+        # A deeper or augmenting net's call costs what the plain one's does; its batches cost more.
+        deep, augmented = ((batches(depth, moved, OVERHEAD_CALLED) - call) / OVERHEAD_CALLED
+                           for depth, moved in ((4, Augmentation()), (1, moves)))
     finally:
         keras.backend.clear_session(free_memory=True)
     return {"call_us": call * 1e6, "batch_us": batch * 1e6, "layer_us": max(deep - batch, 0.0) / 3 * 1e6,

@@ -1,8 +1,8 @@
 """The ceiling on the fraction of the FLOP bound that backends.py reports: the fastest epoch this machine's
 TensorFlow could run from the pieces a training step is made of, each timed alone.
 
-backends.py divides 6 x parameters x examples by the best 2048 x 2048 float32 matmul rate. A step is not that
-product. Per dense layer it is a forward product, the input's gradient (not for the first layer) and the
+backends.py divides an epoch's FLOPs (`mnist_core/work.py`) by the matrix throughput of this machine's profile
+(`mnist_core/machine.py`), which this bench reads too. A step is not one product. Per dense layer it is a forward product, the input's gradient (not for the first layer) and the
 weight's gradient, whose inner dimension is the batch; then Adam's update, which reads each parameter, its
 gradient and both moments and writes three of them back (28 bytes a parameter, bound by memory bandwidth);
 and each epoch ends with a validation pass. Here each product is timed at its exact shape on random tensors,
@@ -20,13 +20,16 @@ from __future__ import annotations
 import math
 import os
 import time
+from typing import TYPE_CHECKING
 
-from backends import SIZES, matmul_flops  # bench/backends.py
-from common import commit, publish
+from backends import SIZES  # bench/backends.py
+from common import clean_tree, commit, publish
+
+if TYPE_CHECKING:
+    from mnist_core.machine import MachineProfile
 
 TRAIN_EXAMPLES, VAL_EXAMPLES = 54_000, 6_000  # the 90/10 split of MNIST's 60,000 training images
 ADAM_BYTES_PER_PARAM = 28  # read parameter, gradient, two moments; write parameter, two moments (float32)
-NOMINAL_BANDWIDTH = 2e10  # bytes/s, only to size the timed calls
 RUNS = 3  # the machine is shared: each piece's speed varies from minute to minute
 CALL_SECONDS, MAX_COPIES = 0.02, 32  # about this much work in one timed call, in at most this many copies
 TARGET, TARGET_SIZES = 0.8, ("2x512", "4x1024", "5x2000")  # issue 9: fraction of the FLOP bound for these
@@ -80,14 +83,14 @@ def _product_seconds(shape_a: tuple[int, int], shape_b: tuple[int, int], transpo
                for jit in (False, True))
 
 
-def _adam_seconds(shapes: list[tuple[int, ...]], dispatch: dict[bool, float]) -> float:
+def _adam_seconds(shapes: list[tuple[int, ...]], bandwidth: float, dispatch: dict[bool, float]) -> float:
     """Seconds of the trainer's Adam update (TensorFlow's fused `ResourceApplyAdam`, one per variable) over
     variables of these shapes: the faster of TensorFlow's kernel and XLA's, several updates a call."""
     import tensorflow as tf
 
     variables = [[tf.Variable(tf.random.uniform(s)) for s in shapes] for _ in range(3)]  # parameters, m, v
     grads = [tf.random.uniform(s) for s in shapes]
-    copies = _copies(ADAM_BYTES_PER_PARAM * sum(math.prod(s) for s in shapes) / NOMINAL_BANDWIDTH)
+    copies = _copies(ADAM_BYTES_PER_PARAM * sum(math.prod(s) for s in shapes) / bandwidth)
     scalar = lambda x: tf.constant(x, tf.float32)  # noqa: E731
 
     def updates(grads):
@@ -102,14 +105,16 @@ def _adam_seconds(shapes: list[tuple[int, ...]], dispatch: dict[bool, float]) ->
                for jit in (False, True))
 
 
-def ceiling(depth: int, width: int, batch: int, flops: float, dispatch: dict[bool, float]) -> dict:
+def ceiling(depth: int, width: int, batch: int, profile: MachineProfile, dispatch: dict[bool, float]) -> dict:
     """The fastest epoch of a depth x width net at this batch from its pieces, and the fraction of the FLOP
-    bound it would reach."""
+    bound (at the profile's throughput) it would reach."""
     from mnist_core.digits import NUM_CLASSES
     from mnist_core.model import MLPConfig, param_count
-    from mnist_core.trainer import _Loop
+    from mnist_core.trainer import TrainConfig, _Loop
 
     config = MLPConfig(depth=depth, width=width)
+    run = TrainConfig(config, epochs=1, batch_size=batch).work(TRAIN_EXAMPLES)
+    flops = profile.gflops * 1e9
     dims = [config.inputs, *config.widths, NUM_CLASSES]
     layers = list(zip(dims[:-1], dims[1:]))
     params = param_count(config)
@@ -121,10 +126,10 @@ def ceiling(depth: int, width: int, batch: int, flops: float, dispatch: dict[boo
         if index:  # the input's gradient; the images need none
             backward += product((batch, outputs), (inputs, outputs), False, True)
         validation += product((_Loop.EVAL_BATCH, inputs), (inputs, outputs))
-    adam = _adam_seconds([s for i, o in layers for s in ((i, o), (o,))], dispatch)
+    adam = _adam_seconds([s for i, o in layers for s in ((i, o), (o,))], profile.gbps * 1e9, dispatch)
     step = forward + backward + adam
     epoch = math.ceil(TRAIN_EXAMPLES / batch) * step + math.ceil(VAL_EXAMPLES / _Loop.EVAL_BATCH) * validation
-    bound_step, bound_epoch = (6 * params * n / flops for n in (batch, TRAIN_EXAMPLES))
+    bound_step, bound_epoch = run.flops_per_step / flops, run.flops(1) / flops
     return {
         "shape": f"{depth} x {width}", "batch_size": batch, "params": params, "matmul_flops": flops,
         "flop_bound_step_ms": bound_step * 1e3,
@@ -141,10 +146,12 @@ def main() -> None:
 
     from common import RESULTS
 
-    runs = []
+    from mnist_core.machine import current
+
+    profile, runs = current(), []
     for _ in range(RUNS):
-        flops, dispatch = matmul_flops(), _dispatch_seconds()
-        runs.append({name: ceiling(depth, width, batch, flops, dispatch) for name, (depth, width, batch, _) in SIZES.items()})
+        dispatch = _dispatch_seconds()
+        runs.append({name: ceiling(depth, width, batch, profile, dispatch) for name, (depth, width, batch, _) in SIZES.items()})
         print(runs[-1], flush=True)
     rows = {name: {**max((run[name] for run in runs), key=lambda r: r["ceiling_fraction_of_flop_bound"]),
                    **{f"{key}_runs": [run[name][key] for run in runs]
@@ -157,17 +164,16 @@ def main() -> None:
         "# The ceiling on the fraction of the FLOP bound: a step's pieces, each timed alone", "",
         f"Command: `{command}` (commit {commit()})  ",
         f"Date: {time.strftime('%Y-%m-%d %H:%M %Z')}; {os.cpu_count()} CPU cores, TensorFlow backend, random tensors. "
-        f"{RUNS} runs, one after another, each with its own matrix-multiply rate (float32, 2048 x 2048, as in "
-        "backends.py): " + ", ".join(f"{next(iter(run.values()))['matmul_flops'] / 1e9:.0f}" for run in runs) +
-        " GFLOP/s. Each size's row is its run with the highest ceiling (the most optimistic); the ranges are over "
+        f"{RUNS} runs, one after another, against this machine's profile, as backends.py: {profile.gflops:.0f} GFLOP/s, "
+        f"{profile.gbps:.1f} GB/s (measured {profile.measured}). Each size's row is its run with the highest ceiling (the most optimistic); the ranges are over "
         "the runs. A timed call runs several copies of a piece, less the cost of dispatching an empty call.", "",
         "Products: every matmul of one step at its exact shape, the faster of TensorFlow's and XLA's kernel. Adam: the "
         "trainer's fused update over the net's variables, the faster of TensorFlow's runtime and XLA's. *Ceiling*: "
         "products + Adam a step, plus the validation pass's products an epoch; bias, activation, loss and batch "
         "gathering free, nothing run in parallel with anything else. *With Adam alone*: the fraction if every "
-        "product ran at the 2048 x 2048 rate and Adam's update were the only other cost. *Measured*: the default "
+        "product ran at the profile's rate and Adam's update were the only other cost. *Measured*: the default "
         f"path's steady epoch in backends.json (`{backends['command']}`, commit {backends['commit']}, "
-        f"{measured['matmul_flops'] / 1e9:.0f} GFLOP/s in its process).", "",
+        "the same profile).", "",
         "| size | batch | FLOP bound a step | products a step (fraction of bound) | Adam a step | ceiling a step | "
         "ceiling per epoch | with Adam alone | measured | target |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -183,7 +189,7 @@ def main() -> None:
             f"{max(r['ceiling_fraction_of_flop_bound_runs']):.0%}) | {r['adam_alone_fraction']:.0%} "
             f"({min(r['adam_alone_fraction_runs']):.0%}-{max(r['adam_alone_fraction_runs']):.0%}) | "
             f"{measured['sizes'][name]['fraction_of_flop_bound']:.0%} | {target} |")
-    publish("roofline", {"command": command, "commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+    publish("roofline", {"command": command, "commit": commit(), "clean_tree": clean_tree(), "profile": profile.fields(), "date": time.strftime("%Y-%m-%d %H:%M %Z"),
                          "runs": RUNS, "target": TARGET, "sizes": rows}, lines)
 
 

@@ -129,6 +129,24 @@ class EpochStats:
 
 
 EpochHook = Callable[[EpochStats], "str | None"]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a run stands after one traced execution, or after an epoch's validation (`validated`): for
+    whoever shows it. Built from what the loop already knows, so telling it costs no synchronisation."""
+
+    epoch: int  # 1-based, the one running (or just validated)
+    epochs: int  # planned
+    steps: int  # batches done in this epoch
+    steps_per_epoch: int
+    seconds: float  # since the run started
+    seconds_left: float | None  # to the planned end by the measured batches (within the budget), once timed
+    val_accuracy: float | None  # of the latest validated epoch
+    validated: bool = False
+
+
+ProgressHook = Callable[[Progress], None]
 Outcome = Literal["completed", "stopped", "failed"]
 
 
@@ -219,6 +237,12 @@ class _Monitor:
                 return (f"over_budget: projected {projected:.3g} s > budget {self.budget.seconds:g} s "
                         f"for {self.needed_epochs} epoch(s)")
         return None
+
+    def seconds_left(self) -> float | None:
+        """To the planned end at the measured batches' pace (validation passes aside), within the deadline."""
+        if self.step_seconds is None:
+            return None
+        return max(min(self.step_seconds * (self.total_steps - self.steps), self.deadline - clock()), 0.0)
 
 
 class _Loop:
@@ -333,13 +357,15 @@ def train(
     on_epoch: EpochHook | None = None,
     keep_model: bool = False,
     verbose: int = 0,
+    on_progress: ProgressHook | None = None,
 ) -> TrainResult:
     """Train `config` on `data.train`, validating on `data.val` each epoch, within `budget`.
 
     The result's `config` is the one that ran: with `jit_compile` decided if it was left to the trainer.
     `on_epoch` sees each epoch's stats and may return a reason to stop (e.g. pruning); an epoch cut short
     by the budget is validated and recorded too (`partial`). The model is returned only with `keep_model`;
-    otherwise its memory is released before returning. `verbose` prints a line per epoch.
+    otherwise its memory is released before returning. `verbose` prints a line per epoch. `on_progress` is told
+    after every traced execution and every validation (`Progress`).
     """
     profile = current()  # measured on the first run of a process: before the seed, as measuring draws numbers
     keras.backend.clear_session(free_memory=False)  # the previous run has collected its garbage
@@ -352,10 +378,17 @@ def train(
     reason: str | None = None
     started = clock()
     monitor = _Monitor(budget, steps_per_epoch, config.epochs)
+
+    def tell(epoch: int, steps: int, validated: bool = False) -> None:
+        if on_progress is not None:
+            on_progress(Progress(epoch, config.epochs, steps, steps_per_epoch, clock() - started, monitor.seconds_left(),
+                                 epochs[-1].val_accuracy if epochs else None, validated))
+
     try:
         for epoch in range(1, config.epochs + 1):
-            stats, reason = _epoch(loop, monitor, config, epoch, per_call, len(data.train))
+            stats, reason = _epoch(loop, monitor, config, epoch, per_call, len(data.train), tell)
             epochs.append(stats)
+            tell(epoch, steps_per_epoch, validated=True)
             if verbose:
                 print(f"epoch {epoch}/{config.epochs}: {stats.seconds:.1f} s, loss {stats.loss:.4f}, accuracy {stats.accuracy:.4f}, "
                       f"val_loss {stats.val_loss:.4f}, val_accuracy {stats.val_accuracy:.4f}", flush=True)
@@ -375,9 +408,10 @@ def train(
     return result
 
 
-def _epoch(loop: _Loop, monitor: _Monitor, config: TrainConfig, epoch: int, per_call: int, n_train: int) -> tuple[EpochStats, str | None]:
-    """Train one epoch in executions of `per_call` batches, checked after each, then validate: its stats
-    (`partial` if the monitor stopped it) and why the run must stop, if it must."""
+def _epoch(loop: _Loop, monitor: _Monitor, config: TrainConfig, epoch: int, per_call: int, n_train: int,
+           tell: Callable[[int, int], None]) -> tuple[EpochStats, str | None]:
+    """Train one epoch in executions of `per_call` batches, checked (and told) after each, then validate: its
+    stats (`partial` if the monitor stopped it) and why the run must stop, if it must."""
     import tensorflow as tf
 
     steps_per_epoch = config.steps_per_epoch(n_train)
@@ -389,6 +423,7 @@ def _epoch(loop: _Loop, monitor: _Monitor, config: TrainConfig, epoch: int, per_
         loss_sum = float(loop.run_batches(order, *(tf.constant(v, tf.int32) for v in (first, last)), seed))
         reason = monitor.after_execution(last - first, loss_sum)
         first = last
+        tell(epoch, first)
     loss, accuracy, examples = loop.epoch_sums()
     val_loss, val_accuracy = (float(v) for v in loop.evaluate())
     stats = EpochStats(epoch, loss, accuracy, val_loss, val_accuracy, clock() - epoch_start, int(examples), reason is not None)

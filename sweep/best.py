@@ -28,9 +28,19 @@ class SelectionError(Exception):
     """No trial qualifies (none complete, or none under the time limit)."""
 
 
+def _under(max_train_seconds: float | None) -> str:
+    return "" if max_train_seconds is None else f"-under-{max_train_seconds:g}s"
+
+
 def model_name(study_name: str, max_train_seconds: float | None = None) -> str:
     """The .keras file name of a study's winner under one selection rule: each rule keeps its own file."""
-    return f"{study_name}.keras" if max_train_seconds is None else f"{study_name}-under-{max_train_seconds:g}s.keras"
+    return f"{study_name}{_under(max_train_seconds)}.keras"
+
+
+def run_name(trial_number: int, max_train_seconds: float | None = None) -> str:
+    """The MLflow run name of a retrained winner, which says the rule that chose it: `best-trial-48`,
+    `best-trial-48-under-2.2s`."""
+    return f"best-trial-{trial_number}{_under(max_train_seconds)}"
 
 
 def select_point(study: optuna.Study, max_train_seconds: float | None = None) -> tuple[FrozenTrial, Point]:
@@ -70,7 +80,7 @@ def selection_rule(max_train_seconds: float | None) -> str:
 
 def log_best(
     tracker: Tracker, tracking_uri: str, study: optuna.Study, trial: FrozenTrial, result: TrainResult,
-    splits: Splits, source: Source, model_path: Path, rule: str, study_seconds: float,
+    splits: Splits, source: Source, model_path: Path, rule: str, study_seconds: float, name: str,
 ) -> dict[str, float]:
     """Test once, save a .keras file, log + register the model in MLflow with a signature, and say on the
     registered version where it came from: its trial's run, test accuracy, training time, selection rule."""
@@ -79,7 +89,7 @@ def log_best(
 
     test = evaluate_test(result.model, source)
     run_id = tracker.start_run(
-        f"best-trial-{trial.number}", study.user_attrs.get(PARENT_ATTR), {"optuna.trial_number": str(trial.number), "role": "best"}
+        name, study.user_attrs.get(PARENT_ATTR), {"optuna.trial_number": str(trial.number), "role": "best", "selection": rule}
     )
     tracker.describe_run(run_id, result.config, splits, trial_number=trial.number)
     tracker.log_metrics(run_id, {"best_val_accuracy": result.best_epoch.val_accuracy, "train_seconds": result.seconds,
@@ -128,7 +138,7 @@ def run_best(options: Options, max_train_seconds: float | None, model_path: Path
     study_seconds = result.seconds * seconds_scale(result.config, len(splits.train), current(), study_machine(study, create=False))
     path = model_path or options.store / "models" / model_name(study.study_name, max_train_seconds)
     test = log_best(open_tracker(options, study), options.tracking, study, trial, result, splits, source, path,
-                    selection_rule(max_train_seconds), study_seconds)
+                    selection_rule(max_train_seconds), study_seconds, run_name(trial.number, max_train_seconds))
     took = f"{result.seconds:.1f} s" + (f" here, {study_seconds:.1f} study seconds" if round(study_seconds, 1) != round(result.seconds, 1) else "")
     print(f"trial {trial.number}, epoch {point.epoch}: val accuracy {result.epochs[-1].val_accuracy:.4f} "
           f"(sweep: {point.val_accuracy:.4f}), test accuracy {test['test_accuracy']:.4f}, "

@@ -5,6 +5,7 @@ The console line, the parent run's metrics and the chart refresh are three of th
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -14,14 +15,20 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
+from mnist_core.trainer import Progress, ProgressHook
 from sweep import report
 from sweep.context import SweepContext
 from sweep.points import Scale, hypervolume, pareto_mask, study_points
 from sweep.record import FINISHED, TrialRecord, records
 from sweep.storage import tally
+from sweep.studyfile import StudySpec
 
 # The trade-off chart and CSV are refreshed at most this often while trials finish (each costs a plot), and at the end.
 CHART_SECONDS = 30.0
+# Outside a terminal, trials predicted to train longer than this print a line per epoch (`--epoch-lines`).
+EPOCH_LINES_AFTER = 30.0
+# A terminal's live line is redrawn at most this often.
+LIVE_SECONDS = 0.25
 
 
 class Callback:
@@ -51,6 +58,42 @@ def describe(trial: FrozenTrial) -> str:
     return f"trial {trial.number:4d} {trial.state.name:8s} {score} {took}  {params}{reason}{uncounted}"
 
 
+def epoch_line(number: int, progress: Progress) -> str:
+    """Where a training trial stands: its epoch of its planned epochs, the latest validation accuracy, the time
+    it has left by its projection."""
+    score = f", val_acc {progress.val_accuracy:.4f}" if progress.val_accuracy is not None else ""
+    left = f", {progress.seconds_left:.0f} s left" if progress.seconds_left is not None else ""
+    return f"trial {number} epoch {progress.epoch}/{progress.epochs}{score}{left}"
+
+
+class Watch:
+    """A trial's progress while it trains. On a terminal: the progress bar's line (`epoch_line`), redrawn at
+    most every LIVE_SECONDS. Elsewhere (a log file, CI, a worker): one line per epoch, for trials predicted
+    to train longer than `epoch_lines_after` seconds, so short trials stay one line each."""
+
+    def __init__(self, write: Callable[[str], None], bar: tqdm | None = None, epoch_lines_after: float = EPOCH_LINES_AFTER):
+        self.write, self.bar, self.after = write, bar, epoch_lines_after
+        self.drawn = -math.inf
+
+    def trial(self, number: int, predicted: float) -> ProgressHook | None:
+        """What trial `number`, predicted to take `predicted` seconds, tells of its progress (None: nothing)."""
+        if self.bar is not None:
+            return lambda progress: self._draw(number, progress)
+        if predicted > self.after:
+            return lambda progress: self.write(epoch_line(number, progress)) if progress.validated else None
+        return None
+
+    def _draw(self, number: int, progress: Progress) -> None:
+        if time.monotonic() - self.drawn >= LIVE_SECONDS:
+            self.bar.set_postfix_str(epoch_line(number, progress))
+            self.drawn = time.monotonic()
+
+    def done(self) -> None:
+        """The trial ended: its line goes (its summary line follows)."""
+        if self.bar is not None:
+            self.bar.set_postfix_str("", refresh=False)
+
+
 class ConsoleLine(Callback):
     def __init__(self, write: Callable[[str], None] = print_line):
         self.write = write
@@ -78,6 +121,25 @@ def progress(study: optuna.Study, max_seconds: float, scale: Scale) -> dict[str,
     }
 
 
+def description(study: optuna.Study, spec: StudySpec) -> str:
+    """The parent run's description (Markdown, on its page in MLflow): the study, its objectives, how many
+    trials trained, its best point and the front's fast end."""
+    counts = tally(study)
+    lines = [f"Study **{study.study_name}** ({spec.label}){': ' + spec.description if spec.description else ''}",
+             f"Objectives: {', '.join(spec.objectives)}; per-trial budget {spec.trial_seconds:g} s.",
+             f"Trials: {counts.trained} trained ({counts.complete} complete, {counts.pruned} pruned), "
+             f"{counts.skipped} skipped, {counts.failed} failed."]
+    points = study_points(study)
+    if points:
+        best = max(points, key=lambda p: (p.val_accuracy, -p.seconds))
+        front = [p for p, on in zip(points, pareto_mask([p.val_accuracy for p in points], [p.seconds for p in points]), strict=True) if on]
+        fastest = min(front, key=lambda p: p.seconds)
+        lines += [f"Best point: validation accuracy {best.val_accuracy:.4f} after {best.seconds:.1f} s (trial {best.trial}, epoch {best.epoch}).",
+                  f"The front's fast end: {fastest.val_accuracy:.4f} after {fastest.seconds:.2f} s (trial {fastest.trial}, "
+                  f"epoch {fastest.epoch}); {len(front)} points on the front. Chart: `tradeoff.png` below."]
+    return "\n\n".join(lines)
+
+
 class ParentRunMetrics(Callback):
     """The parent run tells the story as trials finish: summary metrics stepped by trials finished."""
 
@@ -90,7 +152,8 @@ class ParentRunMetrics(Callback):
 
 
 class ChartRefresh(Callback):
-    """The trade-off chart and CSVs, refreshed at most every `seconds` as trials finish, and once at the end."""
+    """The trade-off chart, CSVs and the parent run's description, refreshed at most every `seconds` as trials
+    finish, and once at the end."""
 
     def __init__(self, ctx: SweepContext, seconds: float = CHART_SECONDS):
         self.ctx, self.seconds = ctx, seconds
@@ -105,6 +168,7 @@ class ChartRefresh(Callback):
     def end(self, study):
         if self.unreported:
             report.write_report(study, self.ctx.report_dir / study.study_name, self.ctx.tracker, self.ctx.spec.scale)
+            self.ctx.tracker.set_description(self.ctx.parent_run_id, description(study, self.ctx.spec))
             self.unreported, self.charted = False, time.monotonic()
 
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from mnist_core.data import DataError
+from sweep.callbacks import EPOCH_LINES_AFTER
 from sweep.context import DEFAULT_STORE, CommandError, Options, store_failure
 from sweep.credentials import STORAGE_ENV, TRACKING_ENV
 from sweep.loop import RECYCLE_EVERY, run_sweep
@@ -39,6 +40,7 @@ def _number(kind: type, ok, what: str):
 POSITIVE_INT = _number(int, lambda v: v >= 1, "an integer >= 1")
 NON_NEGATIVE_INT = _number(int, lambda v: v >= 0, "an integer >= 0")
 POSITIVE_SECONDS = _number(float, lambda v: v > 0, "a positive number of seconds")
+NON_NEGATIVE_SECONDS = _number(float, lambda v: v >= 0, "a number of seconds >= 0")
 TRIAL_SECONDS = _number(float, lambda v: v >= 1, "at least 1 second (one batch and a validation pass)")
 
 
@@ -77,6 +79,9 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=POSITIVE_INT, default=1, help="worker processes sharing the study (default: 1)")
     p.add_argument("--threads", type=POSITIVE_INT,
                    help="cores (and TensorFlow threads) per worker (default: an equal share of the cores with --workers, else all)")
+    p.add_argument("--epoch-lines", type=NON_NEGATIVE_SECONDS, default=EPOCH_LINES_AFTER, metavar="SECONDS",
+                   help="outside a terminal, print a line per epoch for trials predicted to train longer than this "
+                        f"(default: {EPOCH_LINES_AFTER:g}); on a terminal the progress bar follows every trial's epochs")
     p.add_argument("--recycle-every", type=NON_NEGATIVE_INT, default=RECYCLE_EVERY, metavar="K",
                    help=f"start a fresh process after K trials, so memory stays flat (default: {RECYCLE_EVERY}; 0: never)")
 
@@ -111,7 +116,9 @@ def _ui_arguments(p: argparse.ArgumentParser) -> None:
 def _dashboard_arguments(p: argparse.ArgumentParser) -> None:
     _store(p)
     _storage(p)
+    p.add_argument("--name", help="study whose page to open (default: the default study's name)")
     p.add_argument("--port", type=POSITIVE_INT, default=8080)
+    p.add_argument("--open", action="store_true", help="open the study's page in a web browser")
 
 
 def _estimate_arguments(p: argparse.ArgumentParser) -> None:
@@ -131,7 +138,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.threads and args.threads * args.workers > cores:
         raise CommandError(f"--threads {args.threads} x --workers {args.workers} exceeds the {cores} CPU cores here; "
                            f"use --threads {max(cores // args.workers, 1)} or fewer")
-    return run_sweep(Options.from_args(args), args.trials, args.timeout, args.workers, args.recycle_every, args.restartable, args.threads)
+    return run_sweep(Options.from_args(args), args.trials, args.timeout, args.workers, args.recycle_every, args.restartable, args.threads,
+                     args.epoch_lines)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -173,7 +181,7 @@ def _ui(args: argparse.Namespace) -> int:
 def _dashboard(args: argparse.Namespace) -> int:
     from sweep.serve import run_dashboard
 
-    return run_dashboard(args.store, args.storage, args.port)
+    return run_dashboard(args.store, args.storage, args.name or load_study(DEFAULT_STUDY).name, args.port, args.open)
 
 
 # name -> (help, its arguments, what it does)

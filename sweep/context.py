@@ -144,11 +144,11 @@ def parent_run(study: optuna.Study, tracker: Tracker, spec: StudySpec, study_pro
     if run_id != mine:
         tracker.client.delete_run(mine)
         return run_id
-    tracker.log_params(run_id, {"study_file": spec.path, "objectives": ",".join(spec.objectives), "sampler": spec.sampler,
+    tracker.log_params(run_id, {"study_file": spec.label, "objectives": ",".join(spec.objectives), "sampler": spec.sampler,
                                 "pruner": spec.pruner, "trial_seconds": spec.trial_seconds, "seed": spec.seed,
                                 "front_scale": spec.front_scale, "cost_spread_trials": spec.cost_spread_trials})
     tracker.log_artifact(run_id, spec.path)
-    tracker.describe(run_id, [p.name for p in spec.params])
+    tracker.describe(run_id, [p.name for p in spec.params], [p.name for p in spec.params if p.role == "scientific"])
     if study_profile is not None:
         tracker.set_tags(run_id, machine_tags(study_profile))
     return run_id

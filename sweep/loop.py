@@ -122,9 +122,11 @@ def _ask(ctx: SweepContext, trials: int) -> optuna.Trial | None:
 
 
 def run_trials(ctx: SweepContext, trials: int, hooks: Sequence[shown.Callback], write: Callable[[str], None] = shown.print_line,
-               progress: bool = True, max_trials: int | None = None) -> Ended:
+               progress: bool = True, max_trials: int | None = None, epoch_lines_after: float = shown.EPOCH_LINES_AFTER) -> Ended:
     """Run trials until `trials` have trained in the study (all workers together), or nothing more can, or
-    this process has run `max_trials` of its own (then it asks to be recycled)."""
+    this process has run `max_trials` of its own (then it asks to be recycled). With `progress`, a bar counts
+    the trials, and on a terminal its line follows the training trial's epochs; otherwise trials predicted
+    longer than `epoch_lines_after` seconds `write` a line per epoch."""
     # A fresh process's first run pays one-off costs (thread pools, first kernels): paid here, untimed, so
     # every trial is timed warm, the first of each recycled process too, and as `best` times its retrain.
     warm_up(ctx.splits)
@@ -137,6 +139,7 @@ def run_trials(ctx: SweepContext, trials: int, hooks: Sequence[shown.Callback], 
     ended = Ended(f"the study has its {trials} trained trials")
     with tqdm(total=trials, initial=storage.count_finished(study), desc=study.study_name, unit="trial",
               dynamic_ncols=True, disable=not progress) as bar:
+        watch = shown.Watch(write, bar if progress and sys.stderr.isatty() else None, epoch_lines_after)
         while True:
             check_stop()
             workers.recover(study, ctx.tracker, write)
@@ -153,7 +156,8 @@ def run_trials(ctx: SweepContext, trials: int, hooks: Sequence[shown.Callback], 
                 break
             if (trial := _ask(ctx, trials)) is None:
                 continue
-            frozen = run_trial(ctx, trial, pruning)
+            frozen = run_trial(ctx, trial, pruning, watch)
+            watch.done()
             ran += 1
             streaks.update(frozen)
             for hook in hooks:
@@ -164,18 +168,19 @@ def run_trials(ctx: SweepContext, trials: int, hooks: Sequence[shown.Callback], 
 
 
 def worker(options: Options, trials: int, deadline: float | None, recycle_every: int, count: int, threads: int | None,
-           number: int) -> bool:
+           epoch_lines_after: float, number: int) -> bool:
     """Worker `number` of `count` processes, on its share of the cores (`threads` each, if given): run trials
     until enough (True: it ran `recycle_every` of them with work left, and the supervisor starts a fresh one)."""
     machine.pin(machine.share(number, count, threads), threads)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # a spawned process starts with Optuna's defaults
     ctx = SweepContext.open(options, deadline)
     write = lambda line: print(f"[worker {number}] {line}", flush=True)  # noqa: E731
-    return run_trials(ctx, trials, shown.standard(ctx, write), write, progress=False, max_trials=recycle_every or None).recycle
+    return run_trials(ctx, trials, shown.standard(ctx, write), write, progress=False, max_trials=recycle_every or None,
+                      epoch_lines_after=epoch_lines_after).recycle
 
 
 def run_sweep(options: Options, trials: int | None, timeout: float | None, processes: int, recycle_every: int,
-              restartable: bool, threads: int | None = None) -> int:
+              restartable: bool, threads: int | None = None, epoch_lines_after: float = shown.EPOCH_LINES_AFTER) -> int:
     """`sweep run`: open the study and run it to `trials` trained trials, in this process or in `processes`
     workers (each on its share of the cores, or `threads` of them); its last line counts the study's trials
     and says why it stopped."""
@@ -194,7 +199,7 @@ def run_sweep(options: Options, trials: int | None, timeout: float | None, proce
               f"{ctx.spec.trial_seconds:g} s" + (f", sweep budget {timeout:g} s" if timeout else ""), flush=True)
         status = "FAILED"
         try:
-            why = _in_processes(options, ctx, trials, processes, recycle_every, restartable, threads)
+            why = _in_processes(options, ctx, trials, processes, recycle_every, restartable, threads, epoch_lines_after)
             status = "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
@@ -207,18 +212,20 @@ def run_sweep(options: Options, trials: int | None, timeout: float | None, proce
 
 
 def _in_processes(options: Options, ctx: SweepContext, trials: int, processes: int, recycle_every: int, restartable: bool,
-                  threads: int | None) -> str:
+                  threads: int | None, epoch_lines_after: float) -> str:
     """Run the trials in this process (replacing its image every `recycle_every` trials when `restartable`),
     or in `processes` supervised workers; why they stopped."""
     if processes == 1:
-        while (ended := run_trials(ctx, trials, shown.standard(ctx), max_trials=recycle_every or None)).recycle:
+        while (ended := run_trials(ctx, trials, shown.standard(ctx), max_trials=recycle_every or None,
+                                   epoch_lines_after=epoch_lines_after)).recycle:
             if restartable:  # the parent run stays RUNNING: the fresh process resumes it
                 print(f"{recycle_every} trials run: starting a fresh process to release their memory", flush=True)
                 restart({DEADLINE_ENV: repr(ctx.deadline or 0.0)})
         return ended.reason
     deadline = ctx.deadline
     workers.supervise(
-        functools.partial(worker, options, trials, deadline, recycle_every, processes, threads), processes, bound=trials,
+        functools.partial(worker, options, trials, deadline, recycle_every, processes, threads, epoch_lines_after), processes,
+        bound=trials,
         work_left=lambda: storage.count_finished(ctx.study) < trials and (deadline is None or context.clock() < deadline),
     )
     return f"the study has its {trials} trained trials" if storage.count_finished(ctx.study) >= trials else "see the workers' lines above"

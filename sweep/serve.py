@@ -4,6 +4,8 @@ with the command that started them (Ctrl-C or SIGTERM), nothing left behind."""
 from __future__ import annotations
 
 import sys
+import threading
+import webbrowser
 from pathlib import Path
 
 from sweep import storage
@@ -23,15 +25,24 @@ def run_ui(options: Options, study_name: str, port: int) -> int:
     return serve([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--port", str(port)])
 
 
-def run_dashboard(store_path: Path, storage_url: str | None, port: int) -> int:
-    """Serve optuna-dashboard on the study storage, in this process."""
+def run_dashboard(store_path: Path, storage_url: str | None, study_name: str, port: int, open_page: bool = False) -> int:
+    """Serve optuna-dashboard on the study storage, in this process, printing (and with `open_page` opening)
+    the address of `study_name`'s own page."""
     try:
         import optuna_dashboard
     except ImportError:
         raise CommandError("optuna-dashboard is not installed; install it with pip install 'mnist-sweep[dashboard]' "
                            "(from a checkout: pip install -e '.[dashboard]')") from None
     opened = storage.open_storage(storage_url, store_path)
-    print(f"optuna-dashboard on http://127.0.0.1:{port}/dashboard (Ctrl-C to stop)", flush=True)
+    try:
+        study_id = opened.get_study_id_from_name(study_name)
+    except KeyError:
+        raise CommandError(f"no study named {study_name!r} in {mask_url(storage_url) if storage_url else store_path}; "
+                           "pass --name with a stored study, or run `sweep run` first") from None
+    link = f"http://127.0.0.1:{port}/dashboard/studies/{study_id}"
+    print(f"optuna-dashboard for study {study_name!r}: open {link} (Ctrl-C to stop)", flush=True)
+    if open_page:  # once the server below is listening
+        threading.Timer(1.0, webbrowser.open, (link,)).start()
     with interruptible():  # served in this process: stopping it leaves nothing behind
         try:
             optuna_dashboard.run_server(opened, host="127.0.0.1", port=port)

@@ -187,7 +187,7 @@ def open_study(spec: StudySpec, storage: BaseStorage, name: str | None = None, t
     check_matches(study, spec)
     if "fingerprint" not in study.user_attrs:
         study.set_user_attr("fingerprint", spec.fingerprint())
-        study.set_user_attr("study_file", str(spec.path))
+        study.set_user_attr("study_file", spec.label)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(list(spec.objectives))

@@ -7,6 +7,7 @@ one place where a trial becomes a `TrainConfig`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import tomllib
@@ -123,6 +124,7 @@ class StudySpec:
     min_epochs: int | None = None  # None: the default rule of `epochs_needed`
     front_scale: str = "log"  # how the sampler, the hypervolume and the chart compare the front (`points.Scale`)
     cost_spread_trials: int = 0  # the first trials, each placed at its own level of predicted cost (sweep/spread.py)
+    label: str = ""  # the file as runs and the study record it (`file_label`)
 
     @property
     def scale(self) -> Scale:
@@ -254,13 +256,29 @@ def load_study(path: str | Path) -> StudySpec:
     study = _study_section(path, document.get("study", {}))
     params, fixed = _space_sections(path, document, study["learn_from_epochs"])
     spec = StudySpec(path=path, **study, **_budget_section(path, document.get("budget", {})),
-                     **_data_section(path, document.get("data", {})), params=tuple(params), fixed=fixed)
+                     **_data_section(path, document.get("data", {})), params=tuple(params), fixed=fixed,
+                     label=file_label(path, path.read_bytes()))
     # Combinations the per-value checks cannot see (a width list against depth, say).
     try:
         spec.config_for(optuna.trial.FixedTrial({p.name: _first(p) for p in params}), seed=spec.seed)
     except ValueError as exc:
         raise _fail(path, "fixed", str(exc)) from None
     return spec
+
+
+def file_label(path: Path, content: bytes) -> str:
+    """A study file as a run records it, alike on every machine: a shipped study by its name, another file by
+    its path relative to the working directory (its name if it lies elsewhere), and a hash of its content.
+    No folder of the machine that ran it; the file itself is the parent run's artifact."""
+    path = path.resolve()
+    if path.parent == STUDIES:
+        where = path.stem
+    else:
+        try:
+            where = str(path.relative_to(Path.cwd().resolve()))
+        except ValueError:
+            where = path.name
+    return f"{where} sha256:{hashlib.sha256(content).hexdigest()[:12]}"
 
 
 def _read(path: Path) -> dict[str, Any]:

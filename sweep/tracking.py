@@ -24,7 +24,7 @@ from typing import Any
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 
 from mnist_core.data import Splits
 from mnist_core.machine import MachineProfile
@@ -178,6 +178,27 @@ def config_params(config: TrainConfig) -> dict[str, Any]:
     return params
 
 
+def trade_off_charts(scientific: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """MLflow's chart view, as its UI stores it in a view state (`compareRunCharts`, `compareRunSections`; the
+    card fields of MLflow 3's `RunsChartsCardConfig` classes): a section of the three pictures a study is
+    for, ahead of the one chart per metric MLflow adds by itself. Best validation accuracy against training
+    seconds over the trial runs; the scientific parameters against it; validation accuracy by epoch."""
+    section = "sweep-trade-off"
+    card = lambda kind, uuid, name, **fields: {"uuid": uuid, "type": kind, "runsCountToCompare": 500, "metricSectionId": section,  # noqa: E731
+                                                "deleted": False, "isGenerated": False, "displayName": name, **fields}
+    charts = [
+        card("SCATTER", "sweep-tradeoff", "Trade-off: best_val_accuracy vs train_seconds",
+             xaxis={"key": "train_seconds", "type": "METRIC"}, yaxis={"key": "best_val_accuracy", "type": "METRIC"}),
+        card("PARALLEL", "sweep-scientific", "Scientific parameters vs best_val_accuracy",
+             selectedParams=list(scientific), selectedMetrics=["best_val_accuracy"], showAllRuns=True),
+        card("LINE", "sweep-curves", "val_accuracy by epoch", metricKey="val_accuracy", selectedMetricKeys=["val_accuracy"],
+             lineSmoothness=0, xAxisScaleType="linear", scaleType="linear", xAxisKey="step", selectedXAxisMetricKey="",
+             yAxisKey="metric", yAxisExpressions=[], ignoreOutliers=False, useGlobalXaxisKey=True, useGlobalLineSmoothing=True,
+             range={}),
+    ]
+    return charts, [{"uuid": section, "name": "Trade-off", "display": True, "isReordered": True}]
+
+
 class Tracker:
     """One study's MLflow experiment."""
 
@@ -196,10 +217,12 @@ class Tracker:
         else:
             self.experiment_id = found.experiment_id
 
-    def describe(self, parent_run_id: str, param_names: list[str]) -> None:
+    def describe(self, parent_run_id: str, param_names: list[str], scientific: list[str]) -> None:
         """Open the experiment in MLflow's model-training view, on the study's runs: the parent expanded,
-        best first, with the score, its cost and the searched params as columns."""
+        best first, with the score, its cost and the searched params as columns; and in its chart view the
+        trade-off first (`trade_off_charts`)."""
         columns = [f"metrics.`{m}`" for m in VIEW_COLUMNS] + [f"params.`{p}`" for p in param_names]
+        charts, sections = trade_off_charts(scientific)
         view = {
             # search facets
             "searchFilter": "", "orderByKey": "metrics.`best_val_accuracy`", "orderByAsc": False, "startTime": "ALL",
@@ -207,7 +230,8 @@ class Tracker:
             # UI state: MLflow replaces its own with this one whole, so every field is given
             "selectedColumns": ["attributes.`Dataset`", *columns], "columnOrder": [], "columnWidths": {},
             "runsExpanded": {parent_run_id: True}, "runsPinned": [], "runsHidden": [], "runsVisibilityMap": {},
-            "runsHiddenMode": "SHOW_ALL", "viewMaximized": False, "runListHidden": False, "isAccordionReordered": False,
+            "runsHiddenMode": "SHOW_ALL", "viewMaximized": False, "runListHidden": False, "isAccordionReordered": True,
+            "compareRunCharts": charts, "compareRunSections": sections,
             "useGroupedValuesInCharts": True, "hideEmptyCharts": True, "groupBy": None, "groupsExpanded": {},
             "autoRefreshEnabled": True, "globalLineChartConfig": {"xAxisKey": "step", "lineSmoothness": 0, "selectedXAxisMetricKey": ""},
         }
@@ -283,6 +307,10 @@ class Tracker:
         for key, value in tags.items():
             self.client.set_model_version_tag(name, str(version), key, value)
         self.client.update_model_version(name, str(version), description=description)
+
+    def set_description(self, run_id: str, text: str) -> None:
+        """The run's description, as MLflow's UI shows and edits it (Markdown)."""
+        self.client.set_tag(run_id, MLFLOW_RUN_NOTE, text)
 
     def end_run(self, run_id: str, status: str) -> None:
         """status: FINISHED, FAILED or KILLED."""

@@ -13,13 +13,14 @@ finished epochs kept. Only a trial with a full epoch counts towards `--trials`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from mnist_core.machine import current
 from mnist_core.model import param_count
-from mnist_core.trainer import Budget, EpochStats, TrainConfig, epoch_terms, train
+from mnist_core.trainer import Budget, EpochStats, ProgressHook, TrainConfig, epoch_terms, train
 from sweep import costmodel, dominance, record
 from sweep.context import SweepContext
 from sweep.points import front
@@ -28,6 +29,9 @@ from sweep.record import FINISHED, SWEEP_TIME_SKIP
 from sweep.studyfile import StudySpec
 from sweep.tracking import machine_tags, summary_metrics
 from sweep.workers import Heartbeat, own
+
+if TYPE_CHECKING:
+    from sweep.callbacks import Watch
 
 # A run tag: the trial was cut inside its first epoch, so it has no point and does not count as trained.
 CUT_TAG = "cut_before_first_epoch"
@@ -82,8 +86,9 @@ def pruning_for(spec: StudySpec) -> Pruning:
     return OptunaPruning(spec)
 
 
-def run_trial(ctx: SweepContext, trial: optuna.Trial, pruning: Pruning) -> FrozenTrial:
+def run_trial(ctx: SweepContext, trial: optuna.Trial, pruning: Pruning, watch: Watch | None = None) -> FrozenTrial:
     """Run one asked trial: the one place that decides how it ends, closes its MLflow run and tells Optuna.
+    `watch` shows its progress while it trains.
 
     As in Optuna's `_run_trial`, every exception becomes a trial state. A trial that cannot fit is skipped
     before training (no MLflow run; it does not count towards `--trials`). Failures inside training (NaN
@@ -102,14 +107,14 @@ def run_trial(ctx: SweepContext, trial: optuna.Trial, pruning: Pruning) -> Froze
         record.save(trial, seed=seed, batch_size=config.batch_size, epochs=config.epochs, augmented=config.augmentation.enabled,
                     machine=profile.fields(), epoch_terms=epoch_terms(config, examples, profile), seconds_scale=scale)
         seconds = ctx.spec.trial_seconds if ctx.deadline is None else min(ctx.spec.trial_seconds, ctx.seconds_left())
-        outcome = _skip(ctx, trial, config, seconds)
+        outcome, predicted = _skip(ctx, trial, config, seconds)
         if outcome is None:
             # The run id is kept the moment the run exists, so an interrupt while it is described still closes it.
             run_id = ctx.tracker.start_run(f"trial-{trial.number}", ctx.parent_run_id,
                                            {"optuna.trial_number": str(trial.number), "optuna.study": trial.study.study_name})
             _describe_run(ctx, trial, config, run_id)
             ctx.tracker.set_tags(run_id, machine_tags(profile))
-            outcome = _train(ctx, trial, config, seconds, run_id, pruning, scale)
+            outcome = _train(ctx, trial, config, seconds, run_id, pruning, scale, watch and watch.trial(trial.number, predicted))
     except BaseException as exc:  # Ctrl-C, SIGTERM, a tracking or storage error
         error = as_interrupt(exc)
         outcome = Outcome(TrialState.FAIL, "interrupted" if isinstance(error, KeyboardInterrupt) else _reason(error))
@@ -128,8 +133,9 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
-def _skip(ctx: SweepContext, trial: optuna.Trial, config: TrainConfig, left: float) -> Outcome | None:
-    """Why the trial is not run, if its needed epochs cannot fit in `left` seconds: PRUNED when they exceed its
+def _skip(ctx: SweepContext, trial: optuna.Trial, config: TrainConfig, left: float) -> tuple[Outcome | None, float]:
+    """Why the trial is not run, if its needed epochs cannot fit in `left` seconds (and its predicted seconds,
+    to the end of its epochs): PRUNED when they exceed its
     own budget (the sampler learns the config is too slow), FAIL `skipped: sweep time` when only the sweep's
     time left is too short. Judged on the cost model's optimistic end once a trial of the study has corrected the
     machine profile (a profile alone may be off for this trainer: the run's own projection judges it then)."""
@@ -137,26 +143,26 @@ def _skip(ctx: SweepContext, trial: optuna.Trial, config: TrainConfig, left: flo
     needed = ctx.spec.epochs_needed(config.epochs)
     model = costmodel.fit(ctx.study, examples)
     least = model.least(config, examples, needed)
-    record.save(trial, predicted_seconds=model.predict(config, examples),
-                cost_model_trials=model.trials, min_epochs=needed)
+    predicted = model.predict(config, examples)
+    record.save(trial, predicted_seconds=predicted, cost_model_trials=model.trials, min_epochs=needed)
     need = f"predicted at least {least:.0f} s for {needed} epoch(s) of {n_params:,} parameters at batch {config.batch_size}"
     if model.trials and least > ctx.spec.trial_seconds:
-        return Outcome(TrialState.PRUNED, f"skipped: {need} > trial budget {ctx.spec.trial_seconds:g} s", {"param_count": n_params})
+        return Outcome(TrialState.PRUNED, f"skipped: {need} > trial budget {ctx.spec.trial_seconds:g} s", {"param_count": n_params}), predicted
     if left <= 0 or (model.trials and least > left):
-        return Outcome(TrialState.FAIL, f"{SWEEP_TIME_SKIP}: {need} > {max(left, 0):.0f} s left", {"param_count": n_params})
-    return None
+        return Outcome(TrialState.FAIL, f"{SWEEP_TIME_SKIP}: {need} > {max(left, 0):.0f} s left", {"param_count": n_params}), predicted
+    return None, predicted
 
 
 def _describe_run(ctx: SweepContext, trial: optuna.Trial, config: TrainConfig, run_id: str) -> None:
     """The trial's MLflow child run gets its params, dataset and manifest."""
     record.save(trial, mlflow_run_id=run_id)
-    ctx.tracker.describe_run(run_id, config, ctx.splits, study_file=str(ctx.spec.path), trial_number=trial.number)
+    ctx.tracker.describe_run(run_id, config, ctx.splits, study_file=ctx.spec.label, trial_number=trial.number)
 
 
 def _train(ctx: SweepContext, trial: optuna.Trial, config: TrainConfig, seconds: float, run_id: str, pruning: Pruning,
-           scale: float) -> Outcome:
+           scale: float, on_progress: ProgressHook | None = None) -> Outcome:
     """Train within `seconds`, logging each epoch, keeping its point in study seconds (`scale` per second
-    here), and asking `pruning` after each one."""
+    here), asking `pruning` after each one, and telling `on_progress` as it goes."""
     curve: list[tuple[float, float]] = []
     elapsed, epochs_done = 0.0, 0.0
     run = config.work(len(ctx.splits.train))
@@ -175,7 +181,8 @@ def _train(ctx: SweepContext, trial: optuna.Trial, config: TrainConfig, seconds:
 
     try:
         with Heartbeat(trial):
-            result = train(config, ctx.splits, Budget(seconds, ctx.spec.epochs_needed(config.epochs)), on_epoch=on_epoch)
+            result = train(config, ctx.splits, Budget(seconds, ctx.spec.epochs_needed(config.epochs)), on_epoch=on_epoch,
+                           on_progress=on_progress)
     except Exception as exc:  # out of memory and other failures inside one trial, unless a signal caused it
         if isinstance(interrupt := as_interrupt(exc), KeyboardInterrupt):
             raise interrupt

@@ -27,7 +27,8 @@ def assert_one_line(err: str, *fragments: str) -> None:
 
 @pytest.mark.parametrize(
     "flag, value",
-    [("--trials", "0"), ("--trials", "-3"), ("--trials", "many"), ("--trial-seconds", "0.5"), ("--timeout", "0"), ("--timeout", "nan"), ("--workers", "0")],
+    [("--trials", "0"), ("--trials", "-3"), ("--trials", "many"), ("--trial-seconds", "0.5"), ("--timeout", "0"), ("--timeout", "nan"), ("--workers", "0"),
+     ("--epoch-lines", "-1")],
 )
 def test_bad_numbers_are_usage_errors(capsys, tmp_path, flag, value):
     code, err = run(capsys, "run", "--store", tmp_path, flag, value)
@@ -193,3 +194,10 @@ def test_dashboard_without_its_extra_names_it(capsys, tmp_path, monkeypatch):
     code, err = run(capsys, "dashboard", "--store", tmp_path)
     assert code == 2
     assert_one_line(err, "optuna-dashboard is not installed", "mnist-sweep[dashboard]")
+
+
+def test_dashboard_for_a_study_the_storage_lacks_names_it(capsys, cli):
+    assert cli("run", "--trials", "1")[0] == 0
+    code, err = run(capsys, "dashboard", "--store", cli.store, "--name", "nosuch")
+    assert code == 2
+    assert_one_line(err, "no study named 'nosuch'", "--name")

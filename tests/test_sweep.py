@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -24,7 +25,7 @@ from sweep.storage import count_finished
 from sweep.testing.stores import TINY, load, runs
 
 
-def test_four_trial_sweep_end_to_end(cli):
+def test_four_trial_sweep_end_to_end(cli, study_file):
     code, out, err = cli("run", "--trials", "4")
     assert code == 0, err
     study = load(cli.store)
@@ -78,6 +79,22 @@ def test_four_trial_sweep_end_to_end(cli):
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     view = json.loads(experiment.tags["mlflow.sharedViewState.sweep"])
     assert view["runsExpanded"] == {parent: True} and "params.`depth`" in view["selectedColumns"]
+    # Its chart view starts with the trade-off, the scientific parameters against the score, and the curves.
+    (scatter,) = [c for c in view["compareRunCharts"] if c["type"] == "SCATTER"]
+    assert (scatter["xaxis"]["key"], scatter["yaxis"]["key"]) == ("train_seconds", "best_val_accuracy")
+    (parallel,) = [c for c in view["compareRunCharts"] if c["type"] == "PARALLEL"]
+    assert parallel["selectedParams"] == ["depth", "width", "epochs"] and parallel["selectedMetrics"] == ["best_val_accuracy"]
+    assert [c["metricKey"] for c in view["compareRunCharts"] if c["type"] == "LINE"] == ["val_accuracy"]
+    assert {c["metricSectionId"] for c in view["compareRunCharts"]} == {s["uuid"] for s in view["compareRunSections"]}
+    # The study file is named alike on every machine: no folder of this one, and a hash of what it said.
+    label = f"tiny.toml sha256:{hashlib.sha256(study_file.read_bytes()).hexdigest()[:12]}"
+    assert parents[0].data.params["study_file"] == label == study.user_attrs["study_file"]
+    assert json.loads(Path(client.download_artifacts(trials[0].user_attrs["mlflow_run_id"], "manifest.json")).read_text())["study_file"] == label
+    # The parent run describes the study as it stands.
+    note = parents[0].data.tags["mlflow.note.content"]
+    best = max(t.values[0] for t in trials)
+    assert "Study **tiny**" in note and "val_accuracy, train_seconds" in note and "4 trained (4 complete, 0 pruned)" in note
+    assert f"Best point: validation accuracy {best:.4f}" in note and "The front's fast end" in note
 
 
 def test_a_dominated_trial_is_pruned_keeps_its_points_and_is_told_pruned(cli, tmp_path, monkeypatch):
@@ -398,6 +415,7 @@ def test_best_retrains_tests_and_registers_the_model(cli):
     client, all_runs = runs(cli.store)
     (best_run,) = [r for r in all_runs if r.data.tags.get("role") == "best"]
     chosen = int(best_run.data.tags["optuna.trial_number"])
+    assert best_run.info.run_name == f"best-trial-{chosen}" and best_run.data.tags["selection"].startswith("highest validation accuracy")
     # Every epoch of every trial is a candidate: (trial, epoch, cumulative seconds, validation accuracy).
     points = [(t.number, e, s, a) for t in study.trials for e, (s, a) in enumerate(t.user_attrs["curve"], start=1)]
     expected = lambda limit=math.inf: max((p for p in points if p[2] <= limit), key=lambda p: (p[3], -p[2]))  # noqa: E731
@@ -428,6 +446,10 @@ def test_best_retrains_tests_and_registers_the_model(cli):
     picked = {int(r.data.tags["optuna.trial_number"]) for r in all_runs if r.data.tags.get("role") == "best"}
     number, epoch, _, _ = expected(limit)
     assert picked == {chosen, number} and f"trial {number}, epoch {epoch}:" in out
+    # Side by side in MLflow, each retrained winner's run says which rule chose it.
+    names = {r.info.run_name: r.data.tags["selection"] for r in all_runs if r.data.tags.get("role") == "best"}
+    assert set(names) == {f"best-trial-{chosen}", f"best-trial-{number}-under-{limit:g}s"}
+    assert names[f"best-trial-{number}-under-{limit:g}s"].endswith(f"within {limit:g} s of training")
     latest = max(client.search_model_versions("name='mnist-tiny'"), key=lambda v: int(v.version))
     assert latest.tags["selection"].endswith(f"within {limit:g} s of training")
 

@@ -18,7 +18,7 @@ from mnist_core.machine import current
 from mnist_core.trainer import TrainResult, train, warm_up
 from sweep.context import Options, load_data, open_store, open_study, open_tracker, study_machine, study_spec
 from sweep.costmodel import seconds_scale
-from sweep.points import study_points
+from sweep.points import most_accurate, study_points
 from sweep.record import Point, TrialRecord
 from sweep.studyfile import StudySpec
 from sweep.tracking import PARENT_ATTR, Tracker, fluent_tracking, machine_tags
@@ -57,7 +57,7 @@ def select_point(study: optuna.Study, max_train_seconds: float | None = None) ->
             quickest = min(p.seconds for p in points)
             raise SelectionError(f"no epoch of any trial ended within {max_train_seconds:g} s; the quickest took {quickest:.1f} s")
         points = fast
-    point = max(points, key=lambda p: (p.val_accuracy, -p.seconds))
+    point = most_accurate(points)
     return study.get_trials(deepcopy=False)[point.trial], point
 
 

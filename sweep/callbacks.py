@@ -18,7 +18,7 @@ from tqdm import tqdm
 from mnist_core.trainer import Progress, ProgressHook
 from sweep import report
 from sweep.context import SweepContext
-from sweep.points import Scale, hypervolume, pareto_mask, study_points
+from sweep.points import Scale, hypervolume, most_accurate, pareto_mask, study_points
 from sweep.record import FINISHED, TrialRecord, records
 from sweep.storage import tally
 from sweep.studyfile import StudySpec
@@ -131,7 +131,7 @@ def description(study: optuna.Study, spec: StudySpec) -> str:
              f"{counts.skipped} skipped, {counts.failed} failed."]
     points = study_points(study)
     if points:
-        best = max(points, key=lambda p: (p.val_accuracy, -p.seconds))
+        best = most_accurate(points)  # what `best` would retrain
         front = [p for p, on in zip(points, pareto_mask([p.val_accuracy for p in points], [p.seconds for p in points]), strict=True) if on]
         fastest = min(front, key=lambda p: p.seconds)
         lines += [f"Best point: validation accuracy {best.val_accuracy:.4f} after {best.seconds:.1f} s (trial {best.trial}, epoch {best.epoch}).",

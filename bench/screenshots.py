@@ -25,9 +25,9 @@ from sweep.tracking import PARENT_ATTR
 DOCS = ROOT / "docs"
 
 
-def screenshot(url: str, path: Path, size: str = "1800,1000") -> None:
+def screenshot(url: str, path: Path, size: str = "1800,1000", budget_ms: int = 20000) -> None:
     subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={size}",
-                    "--virtual-time-budget=20000", f"--screenshot={path}", url], capture_output=True, check=True, timeout=180)
+                    f"--virtual-time-budget={budget_ms}", f"--screenshot={path}", url], capture_output=True, check=True, timeout=300)
     print(f"wrote {path}", flush=True)
 
 
@@ -55,7 +55,8 @@ def main() -> None:
         server = f"http://127.0.0.1:{port}"
         with serving("ui", "--store", store, "--port", port, ready=f"{server}/health") as (_, link):
             screenshot(link, DOCS / "mlflow-runs.png")
-            screenshot(f"{link}&compareRunsMode=CHART", DOCS / "mlflow-charts.png", "1800,1400")
+            # The chart view draws its charts one by one after the runs load: in 20 s of virtual time they still spin.
+            screenshot(f"{link}&compareRunsMode=CHART", DOCS / "mlflow-charts.png", "1800,1400", budget_ms=90000)
             screenshot(f"{server}/#/experiments/{experiment}/runs/{parent}?workflowType=machine_learning", DOCS / "mlflow-sweep-run.png",
                        "1800,1400")
             screenshot(f"{server}/#/models/mnist-{name}/versions/1?workflowType=machine_learning", DOCS / "mlflow-model.png")

@@ -1,13 +1,14 @@
 """The machine a process trains on, measured: what arithmetic, memory traffic and fixed costs take here.
 
-    step seconds = batch_us + layer_us x layers + FLOPs per step / gflops + optimizer bytes per step / gbps
-                   (+ augment_us per image moved)      and each traced call adds call_us
+    step seconds = batch_us + layer_us x layers + sum over layers of the layer's FLOPs / rate(its product's size)
+                   + optimizer bytes per step / gbps (+ augment_us per image moved)    and each traced call adds call_us
 
 A small net's step is its fixed costs (kernel launches, the loop, per-variable updates); a large one's is
 its matrix products and then the optimizer's pass over every parameter, in that order, so the terms add up.
 The same study run on two machines, or on one machine shared by two workers, differs by these rates and not
 alike for every net: no single factor converts one's seconds to the other's, a profile can
-(`mnist_core/work.py` counts the work).
+(`mnist_core/work.py` counts the work). Matrix throughput is measured at several product sizes, as more threads
+speed large products up and can slow small ones down (bench/results/machines.md).
 
 Each process measures its machine once (`current()`, a few seconds), or reads a fresh copy cached under
 `cache_dir()` for the same host, CPU, CPU affinity and quota, thread counts, TensorFlow version and device. A test
@@ -32,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from mnist_core.work import Work
 
 log = logging.getLogger(__name__)
@@ -41,14 +44,14 @@ CACHE_ENV = "MNIST_SWEEP_CACHE"
 # A cached profile older than this is measured again: the same host may have been resized or upgraded.
 MAX_AGE_SECONDS = 7 * 24 * 3600
 # Of the profile's fields and how they are measured: a cached profile of another version is measured again.
-VERSION = 2
+VERSION = 3
 
 
 @dataclass(frozen=True)
 class MachineProfile:
     """Measured rates and fixed costs of one machine (as one process sees it: its cores and threads)."""
 
-    gflops: float  # matrix products at the shapes MLP training uses, GFLOP/s
+    gflops: float  # matrix products of dense layers, GFLOP/s: the best of `gflops_by_size` (the roofline's ceiling)
     gbps: float  # an optimizer update's stream over parameters and slots, GB/s
     call_us: float  # one traced call (an execution of several batches)
     batch_us: float  # one batch of a one-layer net inside a traced call: gather, step, update, sums
@@ -65,13 +68,26 @@ class MachineProfile:
     measured: str = ""  # UTC, ISO 8601
     version: int = VERSION
     source: str = "measured"  # measured, cached, pinned or nominal (the fallback constants)
+    # GFLOP/s at each of RATE_SHAPES, smallest first; none: `gflops` at every size
+    gflops_by_size: tuple[float, ...] = ()
+
+    def rate(self, size: int) -> float:
+        """GFLOP/s of a dense layer's products of `size` multiply-adds (batch x inputs x outputs): interpolated in
+        log size between the measured ones, the nearest beyond them."""
+        if not self.gflops_by_size:
+            return self.gflops
+        return float(np.interp(math.log(size), RATE_LOG_SIZES, self.gflops_by_size))
+
+    def _compute_seconds_per_step(self, work: Work) -> float:
+        steps_flops = (f * work.examples / work.steps_per_epoch for f in work.layer_flops)
+        return sum(f / (self.rate(size) * 1e9) for f, size in zip(steps_flops, work.product_sizes, strict=True))
 
     def epoch_terms(self, work: Work, calls: int) -> tuple[float, float, float, float]:
         """Seconds of one epoch of `work` in `calls` traced calls, by term: fixed costs (calls, batches and
         their layers), matrix products, the optimizer's stream, moving the images."""
         steps = work.steps_per_epoch
         fixed = calls * self.call_us + steps * (self.batch_us + self.layer_us * (work.layers - 1))
-        return (fixed * 1e-6, work.flops(1) / (self.gflops * 1e9), work.optimizer_bytes(1) / (self.gbps * 1e9),
+        return (fixed * 1e-6, steps * self._compute_seconds_per_step(work), work.optimizer_bytes(1) / (self.gbps * 1e9),
                 work.examples * self.augment_us * 1e-6 if work.augmented else 0.0)
 
     def step_seconds(self, work: Work) -> float:
@@ -80,7 +96,7 @@ class MachineProfile:
 
     def compute_seconds(self, work: Work, epochs: float) -> float:
         """Seconds of `epochs` epochs of `work`'s matrix products alone."""
-        return work.flops(epochs) / (self.gflops * 1e9)
+        return work.steps_per_epoch * epochs * self._compute_seconds_per_step(work)
 
     @property
     def label(self) -> str:
@@ -92,6 +108,7 @@ class MachineProfile:
         """The profile as flat values, for user attrs, MLflow params and JSON."""
         values = dataclasses.asdict(self)
         values["cores"] = list(self.cores)
+        values["gflops_by_size"] = list(self.gflops_by_size)
         return values
 
     @classmethod
@@ -101,12 +118,15 @@ class MachineProfile:
         if not isinstance(values, dict) or values.get("version") != VERSION or set(values) - names:
             raise ValueError("not a machine profile of this version")
         try:
-            profile = cls(**{**values, "cores": tuple(values["cores"])})
+            profile = cls(**{**values, "cores": tuple(values["cores"]), "gflops_by_size": tuple(values.get("gflops_by_size", ()))})
         except (TypeError, KeyError) as exc:
             raise ValueError(f"not a machine profile: {exc}") from None
         rates = (profile.gflops, profile.gbps, profile.call_us, profile.batch_us, profile.layer_us, profile.augment_us)
         if not all(isinstance(r, (int, float)) and r >= 0 for r in rates) or profile.gflops <= 0 or profile.gbps <= 0:
             raise ValueError("a machine profile with rates that are not positive numbers")
+        by_size = profile.gflops_by_size
+        if by_size and (len(by_size) != len(RATE_SHAPES) or not all(isinstance(r, (int, float)) and r > 0 for r in by_size)):
+            raise ValueError(f"a machine profile whose gflops_by_size is not {len(RATE_SHAPES)} positive rates")
         return profile
 
 
@@ -269,7 +289,8 @@ def measure() -> dict[str, float]:
     """The rates and fixed costs of this process's machine, in a few seconds (see each part)."""
     from mnist_core.trainer import measure_overheads
 
-    return {"gflops": _gflops(), "gbps": _gbps(), **measure_overheads()}
+    by_size = _gflops_by_size()
+    return {"gflops": max(by_size), "gflops_by_size": by_size, "gbps": _gbps(), **measure_overheads()}
 
 
 def median_seconds(fn: Callable[[], object], repeats: int = 3, span: float = 0.15) -> float:
@@ -288,29 +309,29 @@ def median_seconds(fn: Callable[[], object], repeats: int = 3, span: float = 0.1
     return sorted(times)[len(times) // 2]
 
 
-# (batch, inputs, outputs) of the dense layers whose products `_gflops` times: the seed's, a first layer, and
-# the widths and batches studies search. Small ones run at a fraction of the large ones' rate, but their
-# steps are mostly fixed costs (the other terms).
-GFLOPS_SHAPES = ((100, 2000, 2000), (128, 784, 1024), (256, 1024, 1024), (128, 512, 512))
+# (batch, inputs, outputs) of the dense layers whose products `_gflops_by_size` times, smallest first: from a
+# narrow first layer to the seed's hidden layers. Two threads ran the smallest slower than one thread did,
+# the largest 1.8x faster (bench/results/machines.md): one rate cannot stand for both.
+RATE_SHAPES = ((128, 784, 64), (128, 512, 512), (128, 1024, 1024), (100, 2000, 2000))
+RATE_LOG_SIZES = tuple(math.log(b * i * o) for b, i, o in RATE_SHAPES)
 
 
-def _gflops() -> float:
-    """Matrix products of dense layers at GFLOPS_SHAPES: forward, the weights' and the input's gradients.
-    Every product has operands of its own: TensorFlow computes repeated identical products once."""
+def _gflops_by_size() -> tuple[float, ...]:
+    """GFLOP/s of a dense layer's products at each of RATE_SHAPES: forward, the weights' and the input's
+    gradients. Every product has operands of its own: TensorFlow computes repeated identical products once."""
     import tensorflow as tf
 
-    operands = [[tf.random.normal(s) for s in ((b, i), (i, o), (b, o))] for b, i, o in GFLOPS_SHAPES]
+    def rate(b: int, i: int, o: int) -> float:
+        x, w, g = (tf.random.normal(s) for s in ((b, i), (i, o), (b, o)))
 
-    @tf.function(autograph=False)
-    def products():
-        total = tf.zeros(())
-        for x, w, g in operands:
-            total += tf.reduce_sum(tf.matmul(x, w)) + tf.reduce_sum(tf.matmul(x, g, transpose_a=True))
-            total += tf.reduce_sum(tf.matmul(g, w, transpose_b=True))
-        return total
+        @tf.function(autograph=False)
+        def products():
+            return (tf.reduce_sum(tf.matmul(x, w)) + tf.reduce_sum(tf.matmul(x, g, transpose_a=True))
+                    + tf.reduce_sum(tf.matmul(g, w, transpose_b=True)))
 
-    seconds = median_seconds(lambda: products().numpy(), repeats=5)  # the noisiest rate on a shared VM
-    return sum(3 * 2 * b * i * o for b, i, o in GFLOPS_SHAPES) / seconds / 1e9
+        return 3 * 2 * b * i * o / median_seconds(lambda: products().numpy()) / 1e9
+
+    return tuple(rate(*shape) for shape in RATE_SHAPES)
 
 
 def _gbps() -> float:

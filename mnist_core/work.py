@@ -35,12 +35,17 @@ def layer_shapes(config: MLPConfig) -> list[tuple[int, int]]:
 class Work:
     """What one training run of a configuration asks of the machine."""
 
-    flops_per_example: int  # forward and backward
+    layer_flops: tuple[int, ...]  # forward and backward FLOPs of one example through each dense layer
+    product_sizes: tuple[int, ...]  # multiply-adds of one of each layer's products over a batch (batch x in x out)
     optimizer_bytes_per_step: int
     steps_per_epoch: int
     examples: int  # training images per epoch
     layers: int  # hidden layers: each adds fixed costs to a step
     augmented: bool  # whether each training image is moved afresh (a per-image cost, not FLOPs)
+
+    @property
+    def flops_per_example(self) -> int:
+        return sum(self.layer_flops)
 
     @property
     def flops_per_step(self) -> float:
@@ -55,18 +60,17 @@ class Work:
         return self.optimizer_bytes_per_step * self.steps_per_epoch * epochs
 
 
-def flops_per_example(config: MLPConfig) -> int:
-    """Forward and backward FLOPs of one training example through the net's matrix products."""
-    shapes = layer_shapes(config)
-    forward = sum(2 * n_in * n_out for n_in, n_out in shapes)
-    input_gradients = sum(2 * n_in * n_out for n_in, n_out in shapes[1:])
-    return 2 * forward + input_gradients
+def layer_flops(config: MLPConfig) -> tuple[int, ...]:
+    """Forward and backward FLOPs of one training example through each dense layer's matrix products: the
+    forward product and the weights' gradient, and the input's gradient but for the first layer."""
+    return tuple(2 * n_in * n_out * (2 if i == 0 else 3) for i, (n_in, n_out) in enumerate(layer_shapes(config)))
 
 
 def work(config: MLPConfig, examples: int, batch_size: int, augmented: bool = False) -> Work:
     """The work of training `config` over `examples` training images at `batch_size` (moving each image when
     `augmented`)."""
     accesses = OPTIMIZER_ACCESSES[config.optimizer]
-    return Work(flops_per_example=flops_per_example(config),
+    batch = min(batch_size, examples)
+    return Work(layer_flops=layer_flops(config), product_sizes=tuple(batch * n_in * n_out for n_in, n_out in layer_shapes(config)),
                 optimizer_bytes_per_step=accesses * BYTES_PER_VALUE * param_count(config),
                 steps_per_epoch=math.ceil(examples / batch_size), examples=examples, layers=config.depth, augmented=augmented)

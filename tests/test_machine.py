@@ -33,6 +33,27 @@ def test_flops_and_optimizer_bytes_of_two_small_nets_by_hand():
     assert two.flops(2.5) == two.flops_per_example * 1000 * 2.5 and two.optimizer_bytes(2) == two.optimizer_bytes_per_step * 8
 
 
+def test_each_layer_is_timed_at_the_rate_of_its_own_products_size():
+    # One thread: 40 GFLOP/s at every size. Two threads: slower than that on small products, faster on large.
+    one = machine.nominal({"cpu": "x", "cores": (0,), "threads": 1})
+    one = dataclasses.replace(one, gflops=40.0)
+    two = dataclasses.replace(one, cores=(0, 1), threads=2, gflops=80.0, gflops_by_size=(20.0, 40.0, 60.0, 80.0))
+    sizes = [b * i * o for b, i, o in machine.RATE_SHAPES]
+    assert two.rate(sizes[0]) == 20.0 and two.rate(sizes[0] // 10) == 20.0 and two.rate(sizes[-1] * 10) == 80.0
+    assert two.rate(int((sizes[1] * sizes[2]) ** 0.5)) == pytest.approx(50.0)  # halfway in log size
+    assert one.rate(sizes[0]) == one.rate(sizes[-1]) == 40.0
+    # 1 x 64 at batch 128: its first layer's products are the smallest measured (its last layer's smaller still).
+    small = work(MLPConfig(depth=1, width=64), examples=12_800, batch_size=128)
+    assert small.product_sizes == (sizes[0], 128 * 64 * 10)
+    assert two.compute_seconds(small, 1) == pytest.approx(2 * one.compute_seconds(small, 1))
+    # The seed's hidden layers are the largest measured: nearly twice as fast on two threads.
+    seed = work(MLPConfig(depth=5, width=2000), examples=10_000, batch_size=100)
+    assert 1.9 < one.compute_seconds(seed, 1) / two.compute_seconds(seed, 1) < 2.0
+    with pytest.raises(ValueError, match="gflops_by_size"):
+        machine.MachineProfile.from_fields({**two.fields(), "gflops_by_size": [1.0, 2.0]})
+    assert machine.MachineProfile.from_fields(two.fields()) == two
+
+
 @pytest.fixture
 def unpinned(monkeypatch, tmp_path):
     """No pinned profile, a cache of this test's own, and a measurement that counts its calls."""
@@ -99,6 +120,8 @@ def test_a_pinned_profile_is_used_as_is_and_a_bad_one_is_refused(monkeypatch, tm
 
 def test_measuring_this_machine_gives_positive_rates_and_fixed_costs():
     measured = machine.measure()
+    by_size = measured.pop("gflops_by_size")
     assert set(measured) == set(RATES)
     assert measured["gflops"] > 0 and measured["gbps"] > 0 and measured["batch_us"] > 0
     assert all(value >= 0 for value in measured.values())
+    assert len(by_size) == len(machine.RATE_SHAPES) and min(by_size) > 0 and measured["gflops"] == max(by_size)

@@ -296,7 +296,9 @@ def measure() -> dict[str, float]:
 def median_seconds(fn: Callable[[], object], repeats: int = 3, span: float = 0.15) -> float:
     """Median seconds of one call of `fn` over `repeats` timings, each of as many calls as last `span` seconds.
     A CPU quota hands out time per 100 ms period: a timing shorter than that sees the quota's slice, not its
-    share. The first call (which may trace) sizes the timings and is not counted."""
+    share. The first call traces; the second sizes the timings (sized by the first, a timing of a fast `fn` would
+    last a few milliseconds, and its median would be noise). Neither is counted."""
+    fn()
     start = time.perf_counter()
     fn()
     calls = max(1, math.ceil(span / max(time.perf_counter() - start, 1e-6)))

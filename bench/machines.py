@@ -260,12 +260,16 @@ def summary(_: argparse.Namespace) -> None:
         measured, predicted = statistics.median(r["seconds"] for r in runs), statistics.median(r["predicted"] for r in runs)
         result.update(seed_seconds=[r["seconds"] for r in runs], seed_predicted=[r["predicted"] for r in runs],
                       seed_estimate_error_pct=100 * (predicted / measured - 1),
-                      seed_commits=sorted({r["commit"] for r in runs}))
+                      seed_commits=sorted({r["commit"] for r in runs}),
+                      seed_profile_versions=sorted({r["profile"]["version"] for r in runs}))
+        older = [v for v in result["seed_profile_versions"] if v != full["profile"]["version"]]
         lines += ["", "## The seed model: estimated before it trains, and measured", "",
                   f"`python bench/machines.py seed` {len(runs)} times (commit(s) {', '.join(result['seed_commits'])}): trained in "
                   f"{', '.join(f'{r:.0f}' for r in result['seed_seconds'])} s (median {measured:.0f} s); the profile predicted "
                   f"{', '.join(f'{r:.0f}' for r in result['seed_predicted'])} s (median {predicted:.0f} s): "
-                  f"seed_estimate_error_pct {result['seed_estimate_error_pct']:+.1f} (target within 15)."]
+                  f"seed_estimate_error_pct {result['seed_estimate_error_pct']:+.1f} (target within 15)."
+                  + (f" Predicted by profile version {', '.join(map(str, older))}, not the cells' version {full['profile']['version']}:"
+                     " stale until the seed runs again." if older else "")]
     if "hetero" in cells:
         het = cells["hetero"]
         result.update({k: het[k] for k in ("hetero_study_ratio_gap_pct", "hetero_raw_ratio_gap_pct")}, hetero=het)

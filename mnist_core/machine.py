@@ -312,8 +312,8 @@ def median_seconds(fn: Callable[[], object], repeats: int = 3, span: float = 0.1
 
 
 # (batch, inputs, outputs) of the dense layers whose products `_gflops_by_size` times, smallest first: from a
-# narrow first layer to the seed's hidden layers. Two threads ran the smallest slower than one thread did,
-# the largest 1.8x faster (bench/results/machines.md): one rate cannot stand for both.
+# narrow first layer to the seed's hidden layers. More threads can run the small products slower while they
+# speed the large ones up (the small nets' raw ratios in bench/results/machines.md): one rate cannot stand for both.
 RATE_SHAPES = ((128, 784, 64), (128, 512, 512), (128, 1024, 1024), (100, 2000, 2000))
 RATE_LOG_SIZES = tuple(math.log(b * i * o) for b, i, o in RATE_SHAPES)
 

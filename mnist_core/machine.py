@@ -295,19 +295,29 @@ def measure() -> dict[str, float]:
 
 def median_seconds(fn: Callable[[], object], repeats: int = 3, span: float = 0.15) -> float:
     """Median seconds of one call of `fn` over `repeats` timings, each of as many calls as last `span` seconds.
-    A CPU quota hands out time per 100 ms period: a timing shorter than that sees the quota's slice, not its
-    share. The first call traces; the second sizes the timings (sized by the first, a timing of a fast `fn` would
-    last a few milliseconds, and its median would be noise). Neither is counted."""
+    The first call traces; the second sizes the timings (sized by the first, a timing of a fast `fn` would
+    last a few milliseconds, and its median would be noise). Neither is counted.
+
+    Under a CPU quota a timing counts max(wall clock, the process's CPU time / quota): the quota hands out
+    time per period (100 ms), so a short timing's wall clock depends on where it falls in its period (one
+    starting with the period's time unspent ran at full speed), while the CPU time it took, its own and its
+    helper threads', is what the quota divides over time."""
+    quota = _cpu_quota()
+
+    def elapsed(wall: float, cpu: float) -> float:
+        seconds = time.perf_counter() - wall
+        return max(seconds, (time.process_time() - cpu) / quota) if quota else seconds
+
     fn()
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
-    calls = max(1, math.ceil(span / max(time.perf_counter() - start, 1e-6)))
+    calls = max(1, math.ceil(span / max(elapsed(wall, cpu), 1e-6)))
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         for _ in range(calls):
             fn()
-        times.append((time.perf_counter() - start) / calls)
+        times.append(elapsed(wall, cpu) / calls)
     return sorted(times)[len(times) // 2]
 
 

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import socket
+from types import SimpleNamespace
 
 import pytest
 
@@ -52,6 +53,22 @@ def test_each_layer_is_timed_at_the_rate_of_its_own_products_size():
     with pytest.raises(ValueError, match="gflops_by_size"):
         machine.MachineProfile.from_fields({**two.fields(), "gflops_by_size": [1.0, 2.0]})
     assert machine.MachineProfile.from_fields(two.fields()) == two
+
+
+def test_under_a_cpu_quota_a_timing_counts_the_cpu_time_the_quota_divides(monkeypatch):
+    clock = {"wall": 0.0, "cpu": 0.0}
+
+    def call():  # 10 ms of wall clock in which the process's threads used 20 ms of CPU
+        clock["wall"] += 0.01
+        clock["cpu"] += 0.02
+
+    monkeypatch.setattr(machine, "time", SimpleNamespace(perf_counter=lambda: clock["wall"], process_time=lambda: clock["cpu"]))
+    monkeypatch.setattr(machine, "_cpu_quota", lambda: None)
+    assert machine.median_seconds(call) == pytest.approx(0.01)
+    monkeypatch.setattr(machine, "_cpu_quota", lambda: 0.4)  # its wall clock whatever part of a period it fell in
+    assert machine.median_seconds(call) == pytest.approx(0.05)
+    monkeypatch.setattr(machine, "_cpu_quota", lambda: 4.0)  # a quota that does not bind
+    assert machine.median_seconds(call) == pytest.approx(0.01)
 
 
 @pytest.fixture

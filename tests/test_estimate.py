@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -90,7 +91,8 @@ def test_estimate_a_net_of_your_own_the_seed_study_and_a_stored_trial(cli, tmp_p
     two_epochs.write_text(study_text(epochs="{ low = 2, high = 3 }"))
     assert cli("run", "--trials", "2", study=two_epochs)[0] == 0
     code, out, err = cli("estimate", "--trial", "1", data=False, study=two_epochs)
-    assert code == 0 and "corrected by 2 trial(s)" in out, err
+    # Corrected by the store's trials: both, or one when the fit drops the other as disturbed (a busy machine).
+    assert code == 0 and re.search(r"the profile corrected by [12] trial\(s\) of the store", out), err
 
 
 @pytest.mark.parametrize("args, message", [

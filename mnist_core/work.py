@@ -60,17 +60,17 @@ class Work:
         return self.optimizer_bytes_per_step * self.steps_per_epoch * epochs
 
 
-def layer_flops(config: MLPConfig) -> tuple[int, ...]:
-    """Forward and backward FLOPs of one training example through each dense layer's matrix products: the
+def layer_flops(shapes: list[tuple[int, int]]) -> tuple[int, ...]:
+    """Forward and backward FLOPs of one training example through each dense layer (`layer_shapes`): the
     forward product and the weights' gradient, and the input's gradient but for the first layer."""
-    return tuple(2 * n_in * n_out * (2 if i == 0 else 3) for i, (n_in, n_out) in enumerate(layer_shapes(config)))
+    return tuple(2 * n_in * n_out * (2 if i == 0 else 3) for i, (n_in, n_out) in enumerate(shapes))
 
 
 def work(config: MLPConfig, examples: int, batch_size: int, augmented: bool = False) -> Work:
     """The work of training `config` over `examples` training images at `batch_size` (moving each image when
     `augmented`)."""
     accesses = OPTIMIZER_ACCESSES[config.optimizer]
-    batch = min(batch_size, examples)
-    return Work(layer_flops=layer_flops(config), product_sizes=tuple(batch * n_in * n_out for n_in, n_out in layer_shapes(config)),
+    batch, shapes = min(batch_size, examples), layer_shapes(config)
+    return Work(layer_flops=layer_flops(shapes), product_sizes=tuple(batch * n_in * n_out for n_in, n_out in shapes),
                 optimizer_bytes_per_step=accesses * BYTES_PER_VALUE * param_count(config),
                 steps_per_epoch=math.ceil(examples / batch_size), examples=examples, layers=config.depth, augmented=augmented)

@@ -7,8 +7,9 @@ configuration the space allows to the per-trial budget, so the search starts fro
 Trial 0 is the cheapest configuration, the map's fast end. The levels are taken cheapest first, so that the
 cost model (`sweep/costmodel.py`) is fitted on measured trials before it places the expensive ones. Each
 trial draws CANDIDATES configurations at random, with its own seed, and runs the one whose predicted time is
-nearest its level: the values that do not set the cost stay random. After the first n trials the study's own
-sampler (TPE) takes over.
+nearest its level. A value the study file gives a `start` for (a recipe that trains well at any length) is
+taken as given rather than drawn, so that each level's trial shows what its size and length can do rather
+than what a random learning rate does to it. After the first n trials the study's own sampler (TPE) takes over.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ CANDIDATES = 256
 
 
 def draw(param: Param, rng: np.random.Generator) -> Any:
-    """A value of `param` drawn as a random sampler would: uniform, or log-uniform on a log range."""
+    """A value of `param` for a spread trial: its `start` value if the study file gives one, else drawn as a
+    random sampler would (uniform, or log-uniform on a log range)."""
+    if param.start is not None:
+        return param.start
     if param.choices is not None:
         return param.choices[int(rng.integers(len(param.choices)))]
     integer = HYPERPARAMETERS[param.name].kind is int

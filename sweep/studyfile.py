@@ -75,7 +75,8 @@ SCHEMA = {
 
 @dataclass(frozen=True)
 class Param:
-    """One searched hyperparameter: an int/float range (optionally log) or a list of choices."""
+    """One searched hyperparameter: an int/float range (optionally log) or a list of choices, and optionally
+    the value the cost-spread trials take (`start`, sweep/spread.py) before the sampler searches it."""
 
     name: str
     role: str
@@ -83,6 +84,7 @@ class Param:
     high: float | None = None
     log: bool = False
     choices: tuple | None = None
+    start: Any = None
 
     @property
     def distribution(self) -> optuna.distributions.BaseDistribution:
@@ -211,11 +213,12 @@ def _param(path: Path, role: str, name: str, spec: Any) -> Param:
     key = f"{role}.{name}"
     if not isinstance(spec, dict):
         raise _fail(path, key, "expected a table like { low = 1, high = 4 } or { choices = [...] }")
-    unknown = set(spec) - {"low", "high", "log", "choices"}
+    unknown = set(spec) - {"low", "high", "log", "choices", "start"}
     if unknown:
-        raise _fail(path, key, f"unknown key(s) {', '.join(sorted(unknown))}; use low/high/log or choices")
+        raise _fail(path, key, f"unknown key(s) {', '.join(sorted(unknown))}; use low/high/log or choices, and start")
+    start = _check_value(path, f"{key}.start", name, spec["start"]) if "start" in spec else None
     if "choices" in spec:
-        if set(spec) != {"choices"}:
+        if set(spec) - {"start"} != {"choices"}:
             raise _fail(path, key, "choices cannot be combined with low/high/log")
         choices = spec["choices"]
         if not isinstance(choices, list) or not choices:
@@ -223,7 +226,9 @@ def _param(path: Path, role: str, name: str, spec: Any) -> Param:
         values = tuple(_check_value(path, f"{key}.choices", name, c) for c in choices)
         if len(set(values)) != len(values):
             raise _fail(path, key, "choices repeat a value")
-        return Param(name, role, choices=values)
+        if start is not None and start not in values:
+            raise _fail(path, f"{key}.start", f"{start!r} is not one of the choices {list(values)}")
+        return Param(name, role, choices=values, start=start)
     kind = HYPERPARAMETERS[name].kind
     if kind not in (int, float):
         raise _fail(path, key, f"{name} is not numeric: give choices = [...]")
@@ -238,7 +243,9 @@ def _param(path: Path, role: str, name: str, spec: Any) -> Param:
         raise _fail(path, key, f"empty or inverted range: low {low} >= high {high} (put a single value in [fixed])")
     if log and low <= 0:
         raise _fail(path, key, f"a log scale needs low > 0, got {low}")
-    return Param(name, role, low=low, high=high, log=log)
+    if start is not None and not low <= start <= high:
+        raise _fail(path, f"{key}.start", f"{start} is outside the range [{low}, {high}]")
+    return Param(name, role, low=low, high=high, log=log, start=start)
 
 
 def _number(path: Path, key: str, value: Any, kind: type, low: float, high: float) -> Any:

@@ -69,6 +69,10 @@ depth = { low = 1, high = 3 }
         ("[nuisance]\ndropout = { low = 0.0, high = 0.5, log = true }\n", "nuisance.dropout", "log scale needs low > 0"),
         ("[nuisance]\nwidth = { low = 8, high = 100000000 }\n", "nuisance.width.high", "sane range"),
         ("[nuisance]\nwidth = { low = 8, hi = 64 }\n", "nuisance.width", "unknown key"),
+        # A spread trial's start value lies in its parameter's range or choices
+        ("[nuisance]\nwidth = { low = 8, high = 64, start = 128 }\n", "nuisance.width.start", "outside the range [8, 64]"),
+        ("[nuisance]\nbatch_size = { choices = [64, 128], start = 256 }\n", "nuisance.batch_size.start", "not one of the choices"),
+        ('[nuisance]\nlearning_rate = { low = 0.001, high = 0.1, start = "fast" }\n', "nuisance.learning_rate.start", "expected float"),
         ("[fixed]\ndepth = 2\n", "depth", "more than once"),
         ("[fixed]\nactivation = \"swishy\"\n", "fixed.activation", "not one of"),
         ("[fixed]\nepochs = \"10\"\n", "fixed.epochs", "expected int"),

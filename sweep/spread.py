@@ -78,7 +78,8 @@ class CostSpread(optuna.samplers.BaseSampler):
         target = math.log(level(self._spec, index, seconds(self._spec.cheapest_config())))
         drawn = [{p.name: draw(p, self._rng) for p in self._spec.params} for _ in range(CANDIDATES)]
         # The cheapest configuration is a candidate too, as random draws rarely reach the first level; the values
-        # that do not set its cost (the learning rate, ...) are drawn as well, since their low ends train worst.
+        # that do not set its cost (the learning rate, ...) come from a candidate (the start recipe, or drawn),
+        # not from the low ends of their ranges, which train worst.
         candidates = [self._spec.cheapest_params(drawn[0]), *drawn]
         cost = [math.log(seconds(self._spec.config_for(optuna.trial.FixedTrial(c), seed=0))) for c in candidates]
         return candidates[int(np.argmin(np.abs(np.array(cost) - target)))]

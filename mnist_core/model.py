@@ -19,23 +19,57 @@ class _FusedAdamUpdate:
     """Adam's update as TensorFlow's one fused kernel per variable (`ResourceApplyAdam`) instead of Keras'
     dozen element-wise ops: the same formula (Keras' Adam is the epsilon-hat form too), rounded differently in
     the last bits. Without XLA, a small net's step spent about a quarter of its time on those ops
-    (bench/results/backends.md); under XLA they were fused anyway. AdamW's decay is applied before, by Keras."""
+    (bench/results/backends.md); under XLA they were fused anyway.
+
+    Outside a distribution strategy, the updates and AdamW's decay (applied before them, as Keras does) are
+    traced directly: Keras' TensorFlow path sends each variable through the strategy's update, which converts
+    the update with AutoGraph, all-reduces the gradients over the one replica, and evaluates the learning-rate
+    schedule again for every decayed variable. That is no work when the step runs, but tracing time when a run
+    starts, most of what a small net's first epoch costs."""
+
+    def _direct(self) -> bool:
+        import tensorflow as tf
+
+        return keras.backend.backend() == "tensorflow" and not tf.distribute.has_strategy()
+
+    def _apply_weight_decay(self, variables):
+        if self.weight_decay is None or not self._direct():
+            return super()._apply_weight_decay(variables)
+        rate = None
+        for variable in variables:
+            if self._use_weight_decay(variable):
+                if rate is None:  # the schedule once per step
+                    rate = keras.ops.cast(self.learning_rate * self.weight_decay, variable.dtype)
+                variable.assign_sub(variable * rate)
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        if not self._direct() or self.amsgrad:
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        shared: dict = {}  # the step's scalars, once per dtype
+        for grad, variable in zip(grads, trainable_variables, strict=True):
+            if variable.dtype not in shared:
+                shared[variable.dtype] = self._scalars(variable.dtype, learning_rate)
+            self._fused(grad, variable, shared[variable.dtype])
 
     def update_step(self, gradient, variable, learning_rate):
         if keras.backend.backend() != "tensorflow" or self.amsgrad:
             return super().update_step(gradient, variable, learning_rate)
+        self._fused(gradient, variable, self._scalars(variable.dtype, learning_rate))
+
+    def _scalars(self, dtype, learning_rate) -> dict:
+        ops = keras.ops
+        step = ops.cast(self.iterations + 1, dtype)
+        beta_1, beta_2 = ops.cast(self.beta_1, dtype), ops.cast(self.beta_2, dtype)
+        return {"beta1_power": ops.power(beta_1, step), "beta2_power": ops.power(beta_2, step), "lr": ops.cast(learning_rate, dtype),
+                "beta1": beta_1, "beta2": beta_2, "epsilon": ops.cast(self.epsilon, dtype)}
+
+    def _fused(self, gradient, variable, scalars: dict) -> None:
         import tensorflow as tf
 
-        dtype, ops = variable.dtype, keras.ops
         index = self._get_variable_index(variable)
-        step = ops.cast(self.iterations + 1, dtype)
         handle = lambda v: v.handle if hasattr(v, "handle") else v.value.handle  # noqa: E731  a tf.Variable or Keras' wrapper
-        tf.raw_ops.ResourceApplyAdam(
-            var=handle(variable), m=handle(self._momentums[index]), v=handle(self._velocities[index]),
-            beta1_power=ops.power(ops.cast(self.beta_1, dtype), step), beta2_power=ops.power(ops.cast(self.beta_2, dtype), step),
-            lr=ops.cast(learning_rate, dtype), beta1=ops.cast(self.beta_1, dtype), beta2=ops.cast(self.beta_2, dtype),
-            epsilon=ops.cast(self.epsilon, dtype), grad=ops.cast(gradient, dtype),
-        )
+        tf.raw_ops.ResourceApplyAdam(var=handle(variable), m=handle(self._momentums[index]), v=handle(self._velocities[index]),
+                                     grad=keras.ops.cast(gradient, variable.dtype), **scalars)
 
 
 @keras.saving.register_keras_serializable(package="mnist_core")
@@ -129,16 +163,20 @@ class LearningRate(keras.optimizers.schedules.LearningRateSchedule):
         self.peak, self.total_steps, self.kind, self.warmup_steps, self.end = peak, total_steps, kind, warmup_steps, end
 
     def __call__(self, step):
+        # Only the ops this schedule needs: they are traced into every training step.
         ops = keras.ops
         step = ops.cast(step, "float32")
-        warm = self.peak * ops.minimum(1.0, (step + 1.0) / max(self.warmup_steps, 1))
-        progress = ops.clip((step - self.warmup_steps) / max(self.total_steps - 1 - self.warmup_steps, 1), 0.0, 1.0)
-        if self.kind == "cosine":
-            decayed = self.end + (self.peak - self.end) * 0.5 * (1.0 + ops.cos(math.pi * progress))
-        elif self.kind == "linear":
-            decayed = self.peak + (self.end - self.peak) * progress
-        else:
+        if self.kind == "constant":
             decayed = ops.convert_to_tensor(self.peak, "float32")
+        else:
+            progress = ops.clip((step - self.warmup_steps) / max(self.total_steps - 1 - self.warmup_steps, 1), 0.0, 1.0)
+            if self.kind == "cosine":
+                decayed = self.end + (self.peak - self.end) * 0.5 * (1.0 + ops.cos(math.pi * progress))
+            else:
+                decayed = self.peak + (self.end - self.peak) * progress
+        if not self.warmup_steps:
+            return decayed
+        warm = self.peak * ops.minimum(1.0, (step + 1.0) / self.warmup_steps)
         return ops.where(step < self.warmup_steps, warm, decayed)
 
     def get_config(self) -> dict:
@@ -171,7 +209,14 @@ class SmoothedSparseCrossentropy(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         labels = keras.ops.one_hot(keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"), NUM_CLASSES)
-        return keras.losses.categorical_crossentropy(labels, y_pred, label_smoothing=self.label_smoothing)
+        logits = getattr(y_pred, "_keras_logits", None)  # kept by Keras' TensorFlow softmax, for its own losses
+        if logits is None:
+            return keras.losses.categorical_crossentropy(labels, y_pred, label_smoothing=self.label_smoothing)
+        # Keras' own path for these logits, as one kernel: its wrapper's shape handling is traced into every step.
+        import tensorflow as tf
+
+        smoothed = labels * (1.0 - self.label_smoothing) + self.label_smoothing / NUM_CLASSES
+        return tf.raw_ops.SoftmaxCrossEntropyWithLogits(features=logits, labels=tf.cast(smoothed, logits.dtype))[0]
 
     def get_config(self) -> dict:
         return {**super().get_config(), "label_smoothing": self.label_smoothing}

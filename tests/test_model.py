@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mnist_core.model import OPTIMIZERS, Dropout, MLPConfig, build_mlp, param_count
+from mnist_core.model import OPTIMIZERS, Dropout, LearningRate, MLPConfig, SmoothedSparseCrossentropy, build_mlp, param_count
 
 
 @pytest.mark.parametrize(
@@ -65,21 +65,61 @@ def test_dropout_draws_the_masks_keras_draws_on_both_paths(jit_compile):
     assert np.array_equal(Dropout(0.3)(x, training=False), x)
 
 
-@pytest.mark.parametrize("name, jit_compile", [("adam", False), ("adamw", False), ("adamw", True)])
-def test_the_fused_adam_update_is_keras_update(name, jit_compile):
-    # The same steps through Keras' optimizer and ours: equal up to float rounding.
+@pytest.mark.parametrize("name, jit_compile, schedule", [("adam", False, False), ("adamw", False, False), ("adamw", True, False),
+                                                    ("adamw", False, True)])
+def test_the_fused_adam_update_is_keras_update(name, jit_compile, schedule):
+    # The same steps through Keras' optimizer and ours: equal up to float rounding. Two variables, one of them
+    # exempt from AdamW's decay, and (schedule) a decaying rate.
     kind = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW}[name]
-    grads = [tf.constant(np.random.default_rng(i).normal(size=(5, 3)), tf.float32) for i in range(4)]
+    grads = [[tf.constant(np.random.default_rng([i, j]).normal(size=(5, 3)), tf.float32) for j in range(2)] for i in range(4)]
+    rate = lambda: LearningRate(0.01, total_steps=4, kind="cosine") if schedule else 0.01  # noqa: E731
     weights = []
-    for optimizer in (kind(learning_rate=0.01), OPTIMIZERS[name](learning_rate=0.01)):
-        variable = tf.Variable(np.ones((5, 3), np.float32))
-        optimizer.build([variable])
-        step = tf.function(lambda g, optimizer=optimizer, variable=variable: optimizer.apply([g], [variable]), jit_compile=jit_compile)
+    for optimizer in (kind(learning_rate=rate()), OPTIMIZERS[name](learning_rate=rate())):
+        variables = [tf.Variable(np.ones((5, 3), np.float32), name="kernel"), tf.Variable(np.ones((5, 3), np.float32), name="bias")]
+        optimizer.exclude_from_weight_decay(var_names=["bias"])
+        optimizer.build(variables)
+        step = tf.function(lambda g, optimizer=optimizer, variables=variables: optimizer.apply(g, variables), jit_compile=jit_compile)
         for g in grads:
             step(g)
-        weights.append(variable.numpy())
-    assert not np.allclose(weights[0], 1.0)
-    np.testing.assert_allclose(weights[1], weights[0], rtol=1e-5, atol=1e-7)
+        weights.append([v.numpy() for v in variables])
+    assert not np.allclose(weights[0][0], 1.0)
+    for ours, theirs in zip(weights[1], weights[0], strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-7)
+    if name == "adamw":  # the decay reached the kernel and spared the bias
+        assert not np.allclose(weights[0][0], weights[0][1])
+
+
+def test_a_training_step_evaluates_the_schedule_once_for_the_decay():
+    # Keras' TensorFlow path evaluated the schedule again for every decayed variable, each time traced into
+    # the step: tracing time that a small net's first epoch pays.
+    calls = []
+
+    class Counted(LearningRate):
+        def __call__(self, step):
+            calls.append(step)
+            return super().__call__(step)
+
+    model = build_mlp(MLPConfig(depth=3, width=8, optimizer="adamw", weight_decay=0.01, lr_schedule="cosine"), total_steps=10)
+    optimizer = model.optimizer
+    optimizer._learning_rate = Counted(**optimizer._learning_rate.get_config())
+    variables = model.trainable_variables
+    tf.function(lambda: optimizer.apply([tf.ones_like(v) for v in variables], variables)).get_concrete_function()
+    assert len(calls) == 2  # once for the decay of the four kernels, once for the updates
+
+
+def test_the_smoothed_loss_is_keras_smoothed_crossentropy():
+    logits = tf.constant(np.random.default_rng(0).normal(size=(16, 10)) * 5, tf.float32)
+    labels = tf.constant(np.random.default_rng(1).integers(0, 10, 16))
+    theirs = keras.losses.CategoricalCrossentropy(label_smoothing=0.1, from_logits=True)
+    results = []
+    for loss in (SmoothedSparseCrossentropy(0.1), lambda y, p: theirs(tf.one_hot(y, 10), p._keras_logits)):
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            value = tf.function(lambda z, loss=loss: loss(labels, keras.layers.Activation("softmax")(z)))(logits)
+        results.append((value.numpy(), tape.gradient(value, logits).numpy()))
+    (ours, our_gradient), (expected, gradient) = results
+    np.testing.assert_allclose(ours, expected, rtol=1e-6)
+    np.testing.assert_allclose(our_gradient, gradient, rtol=1e-5, atol=1e-8)
 
 
 def test_a_saved_model_with_dropout_loads_and_predicts_alike(tmp_path):

@@ -76,15 +76,15 @@ def open_storage(storage: str | None, store: Path) -> BaseStorage:
         for attempt in range(SCHEMA_ATTEMPTS):
             try:
                 return Reconnecting(optuna_private.cached(RDBStorage(storage, engine_kwargs={"pool_pre_ping": True})))
-            except sqlalchemy.exc.IntegrityError:  # workers starting together each create the schema: one wins
-                time.sleep(1.0 + attempt)
             except ImportError:  # Optuna's word for a database driver (psycopg for PostgreSQL) that is not installed
                 raise StorageError(
                     f"cannot open storage {mask_url(storage)}: its database driver is not installed; install it with "
                     "pip install 'mnist-sweep[distributed]' (from a checkout: pip install -e '.[distributed]')"
                 ) from None
             except Exception as exc:  # SQLAlchemy/driver errors: not a database, unreachable server...
-                raise StorageError(redact(f"cannot open storage {storage}: {str(exc).splitlines()[0]}", storage)) from None
+                if not _schema_race(exc):
+                    raise StorageError(redact(f"cannot open storage {storage}: {str(exc).splitlines()[0]}", storage)) from None
+                time.sleep(1.0 + attempt)
         raise StorageError(f"cannot open storage {mask_url(storage)}: its schema is still being created by another worker")
     path = Path(storage) if storage else store / JOURNAL_NAME
     try:
@@ -94,6 +94,14 @@ def open_storage(storage: str | None, store: Path) -> BaseStorage:
         return JournalStorage(JournalFileBackend(str(path)))
     except OSError as exc:
         raise StorageError(f"cannot open storage {path}: {exc}") from None
+
+
+def _schema_race(exc: BaseException) -> bool:
+    """Whether creating the schema failed because another worker was creating it too: PostgreSQL refuses the
+    losers' tables (duplicate_table), types (duplicate_object) or catalog rows (a unique violation)."""
+    if isinstance(exc, sqlalchemy.exc.IntegrityError):
+        return True
+    return isinstance(exc, sqlalchemy.exc.DBAPIError) and getattr(exc.orig, "sqlstate", None) in ("42P07", "42710")
 
 
 def lost_connection(exc: BaseException) -> bool:

@@ -128,6 +128,28 @@ def test_workers_describing_the_parent_run_together_both_succeed(tmp_path, monke
     assert first.client.get_run(run).data.tags[MLFLOW_RUN_NOTE] == "two"
 
 
+def test_workers_creating_the_schema_together_wait_for_the_one_that_won(tmp_path, monkeypatch):
+    # Workers starting together on a fresh PostgreSQL each create Optuna's tables, and the losers' CREATE TABLE
+    # fails with duplicate_table (bench/cluster.py, 16 workers: two exited with "relation studies already exists").
+    psycopg = pytest.importorskip("psycopg")
+    from sweep import storage
+
+    real, calls = storage.RDBStorage, []
+
+    def racing(url, **kwargs):
+        calls.append(url)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.ProgrammingError("CREATE TABLE studies", {}, psycopg.errors.DuplicateTable('relation "studies" already exists'))
+        return real(url, **kwargs)
+
+    monkeypatch.setattr(storage, "RDBStorage", racing)
+    monkeypatch.setattr(storage.time, "sleep", lambda seconds: None)
+    opened = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", tmp_path)
+    assert len(calls) == 2
+    optuna.create_study(storage=opened, study_name="after-the-race")
+    assert [s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'optuna.db'}")] == ["after-the-race"]
+
+
 def _running(user_attrs: dict, number: int = 0) -> optuna.trial.FrozenTrial:
     trial = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs=user_attrs)
     trial.number = number

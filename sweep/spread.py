@@ -4,12 +4,14 @@ A sampler left to itself starts with random configurations, and a random draw of
 lands mostly in the middle decades of cost; the model-based search that follows refines what it was shown.
 Here trial i of the first n targets the cost level i / n of the way, in decades, from the cheapest
 configuration the space allows to the per-trial budget, so the search starts from every decade of the map.
-Trial 0 is the cheapest configuration, the map's fast end. The levels are taken cheapest first, so that the
+Trial 0 is the map's fast end: the cheapest net, trained for FAST_END_EPOCHS so that its epochs are the map's
+first points. The levels are taken cheapest first, so that the
 cost model (`sweep/costmodel.py`) is fitted on measured trials before it places the expensive ones. Each
 trial draws CANDIDATES configurations at random, with its own seed, and runs the one whose predicted time is
 nearest its level. A value the study file gives a `start` for (a recipe that trains well at any length) is
 taken as given rather than drawn, so that each level's trial shows what its size and length can do rather
-than what a random learning rate does to it. After the first n trials the study's own sampler (TPE) takes over.
+than what a random learning rate does to it; the start learning rate is raised for narrow nets
+(`start_learning_rate`). After the first n trials the study's own sampler (TPE) takes over.
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ from sweep.studyfile import HYPERPARAMETERS, Param, StudySpec
 
 # Random configurations drawn per spread trial: enough that some lie near any level of cost.
 CANDIDATES = 256
+# The cheapest net's first epoch is mostly tracing and each further epoch costs a fraction of it, so the fast end
+# trains it for this many epochs: points from its first epoch up the first decade (bench/results/fast_end.md).
+FAST_END_EPOCHS = 4
+# The study file's start learning rate is for nets this wide or wider; narrower nets train best at a larger one
+# (bench/results/fast_end.md).
+START_WIDTH = 256
 
 
 def draw(param: Param, rng: np.random.Generator) -> Any:
@@ -39,6 +47,12 @@ def draw(param: Param, rng: np.random.Generator) -> Any:
     low, high = param.low, param.high + 1 if integer else param.high  # an integer range includes its high end
     value = math.exp(rng.uniform(math.log(low), math.log(high))) if param.log else rng.uniform(low, high)
     return int(min(math.floor(value), param.high)) if integer else float(min(value, param.high))
+
+
+def start_learning_rate(param: Param, width: int) -> float:
+    """The spread trials' learning rate for a net `width` units wide: `param`'s start, raised by
+    sqrt(START_WIDTH / width) for a net narrower than START_WIDTH, within the range."""
+    return min(param.start * math.sqrt(max(START_WIDTH / width, 1.0)), param.high)
 
 
 def level(spec: StudySpec, index: int, cheapest: float) -> float:
@@ -69,20 +83,32 @@ class CostSpread(optuna.samplers.BaseSampler):
         return self.place(study, trial.number)
 
     def place(self, study: optuna.Study, index: int) -> dict[str, Any]:
-        """The candidate whose predicted seconds (on the cost model of the trials so far) are nearest level `index`."""
+        """Spread trial `index`'s values: the fast end (index 0), else the candidate whose predicted seconds (on the
+        cost model of the trials so far) are nearest level `index`; with the start learning rate for its width."""
         model = costmodel.fit(study, self._examples)
 
         def seconds(config) -> float:
             return model.predict(config, self._examples)
 
-        target = math.log(level(self._spec, index, seconds(self._spec.cheapest_config())))
-        drawn = [{p.name: draw(p, self._rng) for p in self._spec.params} for _ in range(CANDIDATES)]
-        # The cheapest configuration is a candidate too, as random draws rarely reach the first level; the values
-        # that do not set its cost (the learning rate, ...) come from a candidate (the start recipe, or drawn),
-        # not from the low ends of their ranges, which train worst.
-        candidates = [self._spec.cheapest_params(drawn[0]), *drawn]
-        cost = [math.log(seconds(self._spec.config_for(optuna.trial.FixedTrial(c), seed=0))) for c in candidates]
-        return candidates[int(np.argmin(np.abs(np.array(cost) - target)))]
+        spec = self._spec
+        drawn = [{p.name: draw(p, self._rng) for p in spec.params} for _ in range(CANDIDATES)]
+        # The values that do not set the cheapest net's cost (the learning rate, ...) come from a candidate (the
+        # start recipe, or drawn), not from the low ends of their ranges, which train worst.
+        cheapest = spec.cheapest_params(drawn[0])
+        if index == 0:
+            epochs = next((p for p in spec.params if p.name == "epochs"), None)
+            chosen = cheapest if epochs is None else {**cheapest, "epochs": int(min(max(FAST_END_EPOCHS, epochs.low), epochs.high))}
+        else:
+            # The cheapest configuration is a candidate too, as random draws rarely reach the first levels.
+            target = math.log(level(spec, index, seconds(spec.cheapest_config())))
+            candidates = [cheapest, *drawn]
+            cost = [math.log(seconds(spec.config_for(optuna.trial.FixedTrial(c), seed=0))) for c in candidates]
+            chosen = candidates[int(np.argmin(np.abs(np.array(cost) - target)))]
+        rate = next((p for p in spec.params if p.name == "learning_rate" and p.start is not None), None)
+        if rate is not None:
+            width = spec.config_for(optuna.trial.FixedTrial(chosen), seed=0).model.width
+            chosen = {**chosen, "learning_rate": start_learning_rate(rate, min(np.atleast_1d(width)))}
+        return chosen
 
     def sample_independent(self, study, trial, param_name, param_distribution):
         return self._inner.sample_independent(study, trial, param_name, param_distribution)

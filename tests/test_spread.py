@@ -9,7 +9,7 @@ import pytest
 
 from mnist_core.machine import current
 from sweep import costmodel
-from sweep.spread import CostSpread, level
+from sweep.spread import FAST_END_EPOCHS, START_WIDTH, CostSpread, level, start_learning_rate
 from sweep.storage import make_sampler
 from sweep.record import records
 from sweep.studyfile import STUDIES, load_study
@@ -32,22 +32,40 @@ def test_the_first_trials_of_the_map_climb_the_decades_of_cost():
         trial = study.ask()
         costs.append(predicted(spec, {p.name: p.suggest(trial) for p in spec.params}))
         study.tell(trial, state=optuna.trial.TrialState.FAIL)  # nothing trained: the cost model stays the prior
-    spread = costs[:n]
-    # Each aims at its own level, cheapest first: within a factor of two of it, and so in order.
+    # Trial 0 is the fast end: the cheapest net, trained for FAST_END_EPOCHS so that its epochs climb the first decade.
     cheapest = costmodel.CostModel(current()).predict(spec.cheapest_config(), EXAMPLES)
-    for index, cost in enumerate(spread):
+    fast_end = study.trials[0].params
+    assert fast_end["epochs"] == FAST_END_EPOCHS
+    assert {k: v for k, v in fast_end.items() if k not in ("epochs", "learning_rate")} == {
+        k: v for k, v in spec.cheapest_params(fast_end).items() if k not in ("epochs", "learning_rate")}
+    assert costs[0] == pytest.approx(FAST_END_EPOCHS * cheapest)
+    # The others each aim at their own level, cheapest first: within a factor of two of it, and so in order.
+    for index, cost in enumerate(costs[1:], start=1):
         assert abs(math.log(cost / level(spec, index, cheapest))) < math.log(2), (index, cost)
-    assert spread == sorted(spread)
-    assert spread[0] == pytest.approx(cheapest)  # the first is the fastest net: the map's fast end
+    assert costs[1:] == sorted(costs[1:])
     # Each is trained with the study file's start recipe, the first too (not at the low ends of the ranges,
-    # which train worst), except where the cheapest net takes the cheap end (no dropout).
+    # which train worst), except where the cheapest net takes the cheap end (no dropout); the learning rate is
+    # the start's for the net's width.
     starts = {p.name: p.start for p in spec.params if p.start is not None}
-    assert starts["learning_rate"] > min(p.low for p in spec.params if p.name == "learning_rate")
+    rate = next(p for p in spec.params if p.name == "learning_rate")
+    assert starts["learning_rate"] > rate.low
     for trial in study.trials:
-        taken = {name: value for name, value in starts.items() if not (trial.number == 0 and name == "dropout")}
+        taken = {name: value for name, value in starts.items()
+                 if not (trial.number == 0 and name == "dropout") and name != "learning_rate"}
         assert {name: trial.params[name] for name in taken} == taken, trial.number
+        assert trial.params["learning_rate"] == start_learning_rate(rate, trial.params["width"]), trial.number
     assert study.trials[0].params["dropout"] == 0.0
-    assert spread[-1] / spread[0] > 100  # the start spans the decades from the cheapest net to the budget
+    # The fast end is narrow: its rate is raised above the start; the wide nets keep it.
+    assert study.trials[0].params["learning_rate"] > starts["learning_rate"]
+    assert any(t.params["width"] >= START_WIDTH and t.params["learning_rate"] == starts["learning_rate"] for t in study.trials)
+    assert costs[-1] / cheapest > 100  # the start spans the decades from the cheapest net to the budget
+
+
+def test_the_start_learning_rate_is_raised_for_narrow_nets_within_the_range():
+    rate = next(p for p in load_study(STUDIES / "map.toml").params if p.name == "learning_rate")
+    assert start_learning_rate(rate, START_WIDTH) == start_learning_rate(rate, 2048) == rate.start
+    assert start_learning_rate(rate, START_WIDTH // 4) == pytest.approx(2 * rate.start)
+    assert start_learning_rate(rate, 1) == rate.high
 
 
 def test_without_the_training_set_size_or_with_no_spread_the_sampler_is_the_studys_own():
@@ -58,7 +76,7 @@ def test_without_the_training_set_size_or_with_no_spread_the_sampler_is_the_stud
     assert tradeoff.cost_spread_trials == 0 and not isinstance(make_sampler(tradeoff, EXAMPLES)._factory(0), CostSpread)
 
 
-def test_a_sweep_places_its_first_trial_at_the_first_level_of_cost(cli, tmp_path):
+def test_a_sweep_starts_at_the_fast_end(cli, tmp_path):
     # The sweep knows its training set's size only once the data is loaded; its sampler must be told.
     path = tmp_path / "spread.toml"
     path.write_text(study_text("spread", width="{ low = 8, high = 1024, log = true }", epochs="{ low = 1, high = 8 }")
@@ -66,7 +84,9 @@ def test_a_sweep_places_its_first_trial_at_the_first_level_of_cost(cli, tmp_path
     code, _, err = cli("run", "--trials", "1", study=path)
     assert code == 0, err
     spec = load_study(path)
-    (first,) = [r for r in records(load(cli.store, "spread")) if r.number == 0]
+    study = load(cli.store, "spread")
+    (first,) = [r for r in records(study) if r.number == 0]
     examples = round(600 * (1 - spec.validation_fraction))  # the synthetic training set, less validation
     cheapest = costmodel.CostModel(current()).predict(spec.cheapest_config(), examples)
-    assert abs(math.log(first.predicted_seconds / level(spec, 0, cheapest))) < math.log(2), (first.predicted_seconds, cheapest)
+    assert study.trials[0].params["epochs"] == FAST_END_EPOCHS and study.trials[0].params["width"] == 8
+    assert abs(math.log(first.predicted_seconds / (FAST_END_EPOCHS * cheapest))) < math.log(2), (first.predicted_seconds, cheapest)

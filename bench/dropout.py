@@ -1,4 +1,4 @@
-"""Dropout compiled by XLA on a CPU: Keras' own layer against `mnist_core.model.Dropout`.
+"""Dropout compiled by XLA on a CPU: Keras' own layer against `mnist_core.network.Dropout`.
 
 Both draw the same masks (tests/test_model.py); Keras' layer leaves TensorFlow to pick the random
 generator, ours names Philox. For nets with dropout like the studies' winners: seconds of the second
@@ -23,19 +23,19 @@ PATHS = {"xla_keras_dropout": (True, "keras"), "xla_ours": (True, "ours"), "no_x
 def measure(splits, net: tuple, xla: bool, layer: str) -> dict:
     import keras
 
-    import mnist_core.model
+    import mnist_core.network
     from mnist_core.model import MLPConfig
     from mnist_core.trainer import TrainConfig, train
 
     depth, width, dropout, input_dropout, batch = net
     config = TrainConfig(MLPConfig(depth=depth, width=width, dropout=dropout, input_dropout=input_dropout, jit_compile=xla),
                          epochs=2, batch_size=batch)
-    ours = mnist_core.model.Dropout
-    mnist_core.model.Dropout = keras.layers.Dropout if layer == "keras" else ours
+    ours = mnist_core.network.Dropout
+    mnist_core.network.Dropout = keras.layers.Dropout if layer == "keras" else ours
     try:
         result = train(config, splits)
     finally:
-        mnist_core.model.Dropout = ours
+        mnist_core.network.Dropout = ours
     return {"epoch_seconds": result.epochs[-1].seconds, "val_accuracy": result.epochs[-1].val_accuracy}
 
 

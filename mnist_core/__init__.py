@@ -1,7 +1,10 @@
-"""MNIST data pipeline, parametric MLP and budgeted trainer: the core the sweep stands on."""
+"""MNIST data pipeline, parametric MLP and budgeted trainer: the core the sweep stands on.
+
+Importing it imports no TensorFlow: Keras comes in when a net is built or trained (`mnist_core.network`).
+"""
 
 from mnist_core.data import Arrays, DataError, Splits, load_splits, resolve_source
-from mnist_core.model import MLPConfig, build_mlp, param_count
+from mnist_core.model import MLPConfig, param_count
 from mnist_core.trainer import Budget, EpochStats, TrainConfig, TrainResult, train
 
 __all__ = [
@@ -13,7 +16,6 @@ __all__ = [
     "Splits",
     "TrainConfig",
     "TrainResult",
-    "build_mlp",
     "load_splits",
     "param_count",
     "resolve_source",

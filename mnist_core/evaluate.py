@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import keras
+from typing import TYPE_CHECKING
 
 from mnist_core.data import Source, make_dataset
+
+if TYPE_CHECKING:
+    import keras
 
 
 def evaluate_test(model: keras.Model, source: Source, batch_size: int = 1000) -> dict[str, float]:

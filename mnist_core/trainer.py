@@ -11,17 +11,19 @@ import functools
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
-import keras
 import numpy as np
 
 from mnist_core.augment import Augmentation, augment_batch
 from mnist_core.data import Arrays, Splits, scale_pixels
 from mnist_core.machine import MachineProfile, current, median_seconds
-from mnist_core.model import MLPConfig, build_mlp, param_count
+from mnist_core.model import MLPConfig, param_count
 from mnist_core.schema import bounded, check_fields
 from mnist_core.work import Work, work
+
+if TYPE_CHECKING:  # Keras (and TensorFlow) come in when a run is built, not with this module
+    import keras
 
 # Wall clock; a module attribute so tests can replace it with a fake one.
 clock = time.perf_counter
@@ -344,6 +346,8 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
 def build_run(config: TrainConfig, n_train: int) -> tuple[TrainConfig, keras.Model]:
     """The model of a run on the default path: XLA decided on this machine's profile (and kept in the returned
     config, so a retrain repeats it), the learning-rate schedule laid over the planned steps."""
+    from mnist_core.network import build_mlp
+
     if config.model.jit_compile is None:
         xla = use_xla(config.work(n_train), config.epochs, current())
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, jit_compile=xla))
@@ -367,6 +371,8 @@ def train(
     otherwise its memory is released before returning. `verbose` prints a line per epoch. `on_progress` is told
     after every traced execution and every validation (`Progress`).
     """
+    import keras
+
     profile = current()  # measured on the first run of a process: before the seed, as measuring draws numbers
     keras.backend.clear_session(free_memory=False)  # the previous run has collected its garbage
     keras.utils.set_random_seed(config.seed)
@@ -429,11 +435,15 @@ def _epoch(loop: _Loop, monitor: _Monitor, config: TrainConfig, epoch: int, per_
     stats = EpochStats(epoch, loss, accuracy, val_loss, val_accuracy, clock() - epoch_start, int(examples), reason is not None)
     return stats, reason
 
+
 def measure_overheads() -> dict[str, float]:
     """This machine's fixed costs on the trainer's own loop, in microseconds (`mnist_core/machine.py`): a traced
     call and a batch of a tiny one-layer net, each further layer (a four-layer net), and each image moved (the
     one-layer net augmented). One call of one batch and one of CALLED batches tell the call from the batch."""
+    import keras
     import tensorflow as tf
+
+    from mnist_core.network import build_mlp
 
     rng = np.random.default_rng(0)
     images, labels = rng.integers(0, 256, (OVERHEAD_EXAMPLES, 28, 28), dtype=np.uint8), rng.integers(0, 10, OVERHEAD_EXAMPLES, dtype=np.uint8)

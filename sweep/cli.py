@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from mnist_core.data import DataError
+from sweep import workers
 from sweep.callbacks import EPOCH_LINES_AFTER
 from sweep.context import DEFAULT_STORE, CommandError, Options, store_failure
 from sweep.credentials import STORAGE_ENV, TRACKING_ENV
@@ -138,6 +139,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.threads and args.threads * args.workers > cores:
         raise CommandError(f"--threads {args.threads} x --workers {args.workers} exceeds the {cores} CPU cores here; "
                            f"use --threads {max(cores // args.workers, 1)} or fewer")
+    try:
+        workers.stale_seconds()
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
     return run_sweep(Options.from_args(args), args.trials, args.timeout, args.workers, args.recycle_every, args.restartable, args.threads,
                      args.epoch_lines)
 

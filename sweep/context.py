@@ -11,6 +11,7 @@ import errno
 import os
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +29,11 @@ DEFAULT_STORE = Path("mlruns")
 # Wall clock of sweep deadlines: absolute, so a recycled process keeps its sweep's; a module attribute so
 # tests can replace it with a fake one (with `mnist_core.trainer.clock`).
 clock = time.time
-# How long a worker that opened a new study's parent MLflow run waits to see if another one did too.
+# How long a worker that claimed a new study's parent MLflow run waits to see if another one did too.
 PARENT_SETTLE_SECONDS = 0.5
+# How long a worker waits for the parent run that another worker claimed (sweep/context.py::parent_run).
+PARENT_WAIT_SECONDS = 120.0
+PARENT_CLAIM_ATTR = "mlflow_parent_run_claim"
 STORE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 STORE_MESSAGES = ("database or disk is full", "readonly database", "disk I/O error")
 
@@ -137,13 +141,22 @@ def parent_run(study: optuna.Study, tracker: Tracker, spec: StudySpec, study_pro
     if run_id:
         tracker.resume_run(run_id)
         return run_id
-    mine = tracker.start_run(f"sweep-{study.study_name}", tags={"optuna.study": study.study_name})
-    study.set_user_attr(PARENT_ATTR, mine)
-    time.sleep(PARENT_SETTLE_SECONDS)  # workers starting together each wrote one: the last write holds for all
-    run_id = study.user_attrs[PARENT_ATTR]
-    if run_id != mine:
-        tracker.client.delete_run(mine)
+    # Workers starting together each claim the run; the last claim holds for all, and only its worker creates
+    # it (the others would have to delete theirs, and deleting takes a permission a worker has not: MANAGE).
+    claim = uuid.uuid4().hex
+    study.set_user_attr(PARENT_CLAIM_ATTR, claim)
+    time.sleep(PARENT_SETTLE_SECONDS)
+    if study.user_attrs.get(PARENT_CLAIM_ATTR) != claim:
+        deadline = time.monotonic() + PARENT_WAIT_SECONDS
+        while not (run_id := study.user_attrs.get(PARENT_ATTR)) and time.monotonic() < deadline:
+            time.sleep(PARENT_SETTLE_SECONDS)
+        if not run_id:
+            raise CommandError(f"another worker claimed study {study.study_name!r}'s parent MLflow run but did not create it "
+                               f"within {PARENT_WAIT_SECONDS:g} s; run the same command again")
+        tracker.resume_run(run_id)
         return run_id
+    run_id = tracker.start_run(f"sweep-{study.study_name}", tags={"optuna.study": study.study_name})
+    study.set_user_attr(PARENT_ATTR, run_id)
     tracker.log_params(run_id, {"study_file": spec.label, "objectives": ",".join(spec.objectives), "sampler": spec.sampler,
                                 "pruner": spec.pruner, "trial_seconds": spec.trial_seconds, "seed": spec.seed,
                                 "front_scale": spec.front_scale, "cost_spread_trials": spec.cost_spread_trials})

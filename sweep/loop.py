@@ -28,7 +28,7 @@ from sweep import context, costmodel, storage, workers
 from sweep.context import Options, SweepContext
 from sweep.processes import check_stop, interruptible, restart
 from sweep.record import FINISHED, SWEEP_TIME_SKIP, TrialRecord, records
-from sweep.trial import pruning_for, run_trial
+from sweep.trial import TakenOver, pruning_for, run_trial
 
 # Stop a sweep whose last trials all failed: something is wrong beyond one configuration.
 MAX_CONSECUTIVE_FAILURES = 5
@@ -156,7 +156,12 @@ def run_trials(ctx: SweepContext, trials: int, hooks: Sequence[shown.Callback], 
                 break
             if (trial := _ask(ctx, trials)) is None:
                 continue
-            frozen = run_trial(ctx, trial, pruning, watch)
+            try:
+                frozen = run_trial(ctx, trial, pruning, watch)
+            except TakenOver as late:
+                watch.done()
+                write(str(late))
+                continue
             watch.done()
             ran += 1
             streaks.update(frozen)

@@ -3,10 +3,12 @@
 - A trial that found no free slot goes back to WAITING, and the trial of a dead worker is marked FAIL
   from another process, with the storage's answer telling which worker won the race (`Study.tell` with
   `skip_if_finished` would hide it, and both racers would queue a retry).
+- A PostgreSQL storage wrapped to wait out a restart keeps Optuna's cache in front of it.
+- A worker asks the storage whether the trial it runs was closed by another worker meanwhile.
 - The seed model's point on a chart comes from another study of the same storage.
 - The sampler's view of a study (`sweep/views.py`) must answer `Study._get_trials`, which Optuna's
   samplers call instead of `get_trials`.
-Check these on an Optuna upgrade: they read `Study._storage`, `Trial._trial_id` and `Study._get_trials`.
+Check these on an Optuna upgrade: they read `Study._storage`, `Trial._trial_id`, `Study._get_trials` and `_CachedStorage`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,19 @@ def set_state(study: optuna.Study, trial: optuna.Trial | FrozenTrial, state: Tri
         return study._storage.set_trial_state_values(trial._trial_id, state)
     except (optuna.exceptions.UpdateFinishedTrialError, KeyError):
         return False
+
+
+def cached(storage: optuna.storages.RDBStorage) -> optuna.storages.BaseStorage:
+    """An RDB storage with Optuna's own cache in front, as `create_study` wraps a bare one: a storage wrapped
+    by the sweep (`storage.Reconnecting`) would not be."""
+    from optuna.storages._cached_storage import _CachedStorage
+
+    return _CachedStorage(storage)
+
+
+def finished(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Whether the stored trial has finished: another worker may close a trial this process still runs."""
+    return study._storage.get_trial(trial._trial_id).state.is_finished()
 
 
 def set_user_attrs(study: optuna.Study, trial: FrozenTrial, values: dict[str, Any]) -> None:

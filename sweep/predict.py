@@ -55,7 +55,7 @@ def predict(model_path: Path, images: list[Path]) -> list[tuple[Path, int, float
     """(image, digit, probability) for each image, with the saved best model."""
     import keras
 
-    import mnist_core.model  # noqa: F401  registers the layer, schedule and loss that saved models name
+    import mnist_core.network  # noqa: F401  registers the layer, schedule and loss that saved models name
 
     batch = np.stack([prepare_image(p) for p in images])
     try:

@@ -41,7 +41,7 @@ class TrialRecord:
     # Who runs it (sweep/workers.py): a restart tells a live trial from a dead one.
     host: str | None = None
     pid: int | None = None
-    heartbeat: float | None = None  # time.time() of its worker's last sign of life
+    heartbeat: float | None = None  # its worker's wall clock at its last sign of life: compared only with itself
     retry_of: int | None = None  # the trial of a dead worker this one runs again
     # The run it stands for, beyond its params: what `best` repeats and the cost model reads.
     seed: int | None = None

@@ -35,6 +35,9 @@ SCHEMA_ATTEMPTS = 3
 MEDIAN_STARTUP_TRIALS = 5
 # Hyperband keeps a third of the trials at each rung: Optuna's default, and Li et al.'s.
 HYPERBAND_REDUCTION = 3
+# A database restarted (or a network blip) under running workers: each storage call waits it out, trying
+# again after 0.5, 1, 2, 4, 8, 8, ... s, for up to RECONNECT_SECONDS; its connections are checked before use.
+RECONNECT_SECONDS = 90.0
 # A study attribute: its trials are counted by `points.trained` (a full epoch), and a resumed study said so.
 COUNT_RULE_ATTR = "count_rule"
 COUNT_RULE = "full_epoch"
@@ -72,16 +75,16 @@ def open_storage(storage: str | None, store: Path) -> BaseStorage:
     if storage and "://" in storage:
         for attempt in range(SCHEMA_ATTEMPTS):
             try:
-                return RDBStorage(storage)
-            except sqlalchemy.exc.IntegrityError:  # workers starting together each create the schema: one wins
-                time.sleep(1.0 + attempt)
+                return Reconnecting(optuna_private.cached(RDBStorage(storage, engine_kwargs={"pool_pre_ping": True})))
             except ImportError:  # Optuna's word for a database driver (psycopg for PostgreSQL) that is not installed
                 raise StorageError(
                     f"cannot open storage {mask_url(storage)}: its database driver is not installed; install it with "
                     "pip install 'mnist-sweep[distributed]' (from a checkout: pip install -e '.[distributed]')"
                 ) from None
             except Exception as exc:  # SQLAlchemy/driver errors: not a database, unreachable server...
-                raise StorageError(redact(f"cannot open storage {storage}: {str(exc).splitlines()[0]}", storage)) from None
+                if not _schema_race(exc):
+                    raise StorageError(redact(f"cannot open storage {storage}: {str(exc).splitlines()[0]}", storage)) from None
+                time.sleep(1.0 + attempt)
         raise StorageError(f"cannot open storage {mask_url(storage)}: its schema is still being created by another worker")
     path = Path(storage) if storage else store / JOURNAL_NAME
     try:
@@ -91,6 +94,59 @@ def open_storage(storage: str | None, store: Path) -> BaseStorage:
         return JournalStorage(JournalFileBackend(str(path)))
     except OSError as exc:
         raise StorageError(f"cannot open storage {path}: {exc}") from None
+
+
+def _schema_race(exc: BaseException) -> bool:
+    """Whether creating the schema failed because another worker was creating it too: PostgreSQL refuses the
+    losers' tables (duplicate_table), types (duplicate_object) or catalog rows (a unique violation)."""
+    if isinstance(exc, sqlalchemy.exc.IntegrityError):
+        return True
+    return isinstance(exc, sqlalchemy.exc.DBAPIError) and getattr(exc.orig, "sqlstate", None) in ("42P07", "42710")
+
+
+def lost_connection(exc: BaseException) -> bool:
+    """Whether a storage error is a lost or refused database connection (worth trying again), as SQLAlchemy
+    reports it, or wrapped in Optuna's `StorageInternalError`."""
+    cause = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) else exc
+    if isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated:
+        return True
+    return isinstance(cause, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError))
+
+
+class Reconnecting(BaseStorage):
+    """An RDB storage whose every call waits out a lost database connection (`lost_connection`) for up to
+    RECONNECT_SECONDS, then lets the error stand. A call whose commit landed just before its connection broke
+    runs twice: harmless for Optuna's writes but `create_new_trial`, whose extra trial (RUNNING, no worker,
+    no parameters) the workers' liveness check closes (sweep/workers.py)."""
+
+    def __init__(self, inner: BaseStorage, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+        self._inner, self._clock, self._sleep = inner, clock, sleep
+
+    def _call(self, name: str, args: tuple, kwargs: dict) -> Any:
+        deadline, pause = self._clock() + RECONNECT_SECONDS, 0.5
+        while True:
+            try:
+                return getattr(self._inner, name)(*args, **kwargs)
+            except Exception as exc:
+                if not lost_connection(exc) or self._clock() + pause > deadline:
+                    raise
+            self._sleep(pause)
+            pause = min(2 * pause, 8.0)
+
+
+def _reconnecting(name: str) -> Callable[..., Any]:
+    def call(self: Reconnecting, *args: Any, **kwargs: Any) -> Any:
+        return self._call(name, args, kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    return call
+
+
+# Every public method of Optuna's storage interface, passed on through `Reconnecting._call`.
+for _name, _method in vars(BaseStorage).items():
+    if callable(_method) and not _name.startswith("_"):
+        setattr(Reconnecting, _name, _reconnecting(_name))
+Reconnecting.__abstractmethods__ = frozenset()
 
 
 class TrialSeededSampler(optuna.samplers.BaseSampler):

@@ -16,6 +16,7 @@ import logging
 import os
 import platform
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -110,8 +111,6 @@ def _git_commit() -> str | None:
 
 def manifest(seed: int, data_source: str, data_checksum: str, **extra: Any) -> dict[str, Any]:
     """What it takes to reproduce a run: seed, data and its checksum, code and package versions."""
-    import keras
-
     versions = {}
     for package in PACKAGES:
         try:
@@ -125,10 +124,17 @@ def manifest(seed: int, data_source: str, data_checksum: str, **extra: Any) -> d
         "git_commit": _git_commit(),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "keras_backend": keras.backend.backend(),
+        "keras_backend": _keras_backend(),
         "packages": versions,
         **extra,
     }
+
+
+def _keras_backend() -> str:
+    """Keras' backend: asked of Keras once a net has been built in this process; before that (a sweep's
+    bookkeeping alone) not worth importing TensorFlow for, and read as Keras reads it, from KERAS_BACKEND."""
+    keras = sys.modules.get("keras")
+    return keras.backend.backend() if keras is not None else os.environ.get("KERAS_BACKEND", "tensorflow")
 
 
 SUMMARY_METRICS = (
@@ -309,8 +315,9 @@ class Tracker:
         self.client.update_model_version(name, str(version), description=description)
 
     def set_description(self, run_id: str, text: str) -> None:
-        """The run's description, as MLflow's UI shows and edits it (Markdown)."""
-        self.client.set_tag(run_id, MLFLOW_RUN_NOTE, text)
+        """The run's description, as MLflow's UI shows and edits it (Markdown). Workers ending together all
+        write the parent run's, a shared row (`_twice`)."""
+        _twice(lambda: self.client.set_tag(run_id, MLFLOW_RUN_NOTE, text))
 
     def end_run(self, run_id: str, status: str) -> None:
         """status: FINISHED, FAILED or KILLED."""

@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from mnist_core.machine import current
 from mnist_core.model import param_count
 from mnist_core.trainer import Budget, EpochStats, ProgressHook, TrainConfig, epoch_terms, train
-from sweep import costmodel, dominance, record
+from sweep import costmodel, dominance, optuna_private, record
 from sweep.context import SweepContext
 from sweep.points import front
 from sweep.processes import as_interrupt, check_stop
@@ -36,6 +36,15 @@ if TYPE_CHECKING:
 # A run tag: the trial was cut inside its first epoch, so it has no point and does not count as trained.
 CUT_TAG = "cut_before_first_epoch"
 RUN_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
+
+
+class TakenOver(Exception):
+    """Another worker closed this trial while this one still ran it: this host was cut off or frozen past the
+    stale interval (sweep/workers.py), and its trial was recovered. Its late result must not be told."""
+
+    def __init__(self, number: int):
+        super().__init__(f"trial {number:4d} dropped   (another worker closed it while this one was cut off or frozen, "
+                         "and queued its configuration again; this late result is not recorded)")
 
 
 @dataclass(frozen=True)
@@ -93,8 +102,16 @@ def run_trial(ctx: SweepContext, trial: optuna.Trial, pruning: Pruning, watch: W
     As in Optuna's `_run_trial`, every exception becomes a trial state. A trial that cannot fit is skipped
     before training (no MLflow run; it does not count towards `--trials`). Failures inside training (NaN
     loss, out of memory) end it FAIL and the sweep goes on; Ctrl-C, SIGTERM and errors of the store end it
-    FAIL too, and are raised again once it is closed.
+    FAIL too, and are raised again once it is closed. A trial another worker closed meanwhile (`TakenOver`)
+    is left as that worker closed it, its MLflow run too.
     """
+    try:
+        return _run_trial(ctx, trial, pruning, watch)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        raise TakenOver(trial.number) from None
+
+
+def _run_trial(ctx: SweepContext, trial: optuna.Trial, pruning: Pruning, watch: Watch | None) -> FrozenTrial:
     error: BaseException | None = None
     run_id = None
     try:
@@ -115,11 +132,15 @@ def run_trial(ctx: SweepContext, trial: optuna.Trial, pruning: Pruning, watch: W
             _describe_run(ctx, trial, config, run_id)
             ctx.tracker.set_tags(run_id, machine_tags(profile))
             outcome = _train(ctx, trial, config, seconds, run_id, pruning, scale, watch and watch.trial(trial.number, predicted))
+    except (TakenOver, optuna.exceptions.UpdateFinishedTrialError):
+        raise
     except BaseException as exc:  # Ctrl-C, SIGTERM, a tracking or storage error
         error = as_interrupt(exc)
         outcome = Outcome(TrialState.FAIL, "interrupted" if isinstance(error, KeyboardInterrupt) else _reason(error))
     try:
         _close(ctx, trial, run_id, outcome)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        raise
     except BaseException as exc:
         error = error or exc
         outcome = Outcome(TrialState.FAIL, _reason(exc))
@@ -170,6 +191,8 @@ def _train(ctx: SweepContext, trial: optuna.Trial, config: TrainConfig, seconds:
     def on_epoch(stats: EpochStats) -> str | None:
         nonlocal elapsed, epochs_done
         check_stop()
+        if optuna_private.finished(ctx.study, trial):  # recovered by another worker while this one was away
+            raise TakenOver(trial.number)
         elapsed += stats.seconds
         epochs_done += stats.examples / run.examples
         ctx.tracker.log_epoch(run_id, stats, {"study_seconds": elapsed * scale, "flops": run.flops(epochs_done),
@@ -183,6 +206,8 @@ def _train(ctx: SweepContext, trial: optuna.Trial, config: TrainConfig, seconds:
         with Heartbeat(trial):
             result = train(config, ctx.splits, Budget(seconds, ctx.spec.epochs_needed(config.epochs)), on_epoch=on_epoch,
                            on_progress=on_progress)
+    except TakenOver:
+        raise
     except Exception as exc:  # out of memory and other failures inside one trial, unless a signal caused it
         if isinstance(interrupt := as_interrupt(exc), KeyboardInterrupt):
             raise interrupt

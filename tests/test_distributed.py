@@ -1,13 +1,16 @@
-"""Outgrowing one machine: two workers share one study through PostgreSQL and an MLflow tracking server.
+"""Outgrowing one machine: two workers share one study through PostgreSQL and an MLflow tracking server,
+both behind passwords, as `deploy/sweep-server` sets them up.
 
-The services run on 127.0.0.1; `.ci/services start` sets them up and prints the variables this test reads.
-Each worker has its own local store, as it would on its own machine.
+The services run on 127.0.0.1; `.ci/services start` sets them up and prints the variables this test reads
+(the passwords stay in the server's secrets folder). Each worker has its own local store, as it would on its
+own machine. The same setup across real network namespaces, with faults: tests/test_hosts.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -16,18 +19,25 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from sweep.record import FINISHED
-from sweep.testing.stores import check_consistent, sweep_process
+from sweep.testing.stores import ROOT, check_consistent, sweep_process
 
+SERVER_DIR = os.environ.get("SWEEP_TEST_SERVER_DIR")
 POSTGRES = os.environ.get("SWEEP_TEST_POSTGRES_URL")
 MLFLOW = os.environ.get("SWEEP_TEST_MLFLOW_URI")
 
 pytestmark = pytest.mark.skipif(
-    not (POSTGRES and MLFLOW), reason='needs PostgreSQL and an MLflow server: eval "$(.ci/services start)"'
+    not (SERVER_DIR and POSTGRES and MLFLOW), reason='needs PostgreSQL and an MLflow server: eval "$(.ci/services start)"'
 )
 
 
-def test_two_workers_finish_one_study_through_postgresql_and_an_mlflow_server(tmp_path, idx_dir, study_file):
+def test_two_workers_finish_one_study_through_postgresql_and_an_mlflow_server(tmp_path, idx_dir, study_file, monkeypatch):
     name = f"tiny-{uuid.uuid4().hex[:8]}"
+    subprocess.run([ROOT / "deploy/sweep-server", "add-worker", "worker", "--study", name, "--dir", SERVER_DIR],
+                   check=True, capture_output=True)
+    secret = lambda user: (Path(SERVER_DIR) / "secrets" / f"{user}.password").read_text().strip()  # noqa: E731
+    for variable, value in (("PGPASSWORD", secret("sweep")), ("MLFLOW_TRACKING_USERNAME", "worker"),
+                            ("MLFLOW_TRACKING_PASSWORD", secret("worker"))):
+        monkeypatch.setenv(variable, value)
     shared = ["--study", study_file, "--name", name, "--storage", POSTGRES, "--tracking-uri", MLFLOW, "--data-dir", idx_dir]
     workers = [sweep_process("run", *shared, "--trials", "4", "--store", tmp_path / f"machine-{i}") for i in range(2)]
     for worker in workers:

@@ -1,5 +1,5 @@
 """Faults injected for real: kill -9 and SIGTERM of real processes, four processes on one study, a
-worker killed the way the out-of-memory killer does it, a real allocation failure, a torn journal,
+worker killed the way the out-of-memory killer does it, a worker frozen past the stale interval, a real allocation failure, a torn journal,
 and a store on a file system that is full or read-only.
 
 Each test checks what a user relies on afterwards: no finished trial lost, no MLflow run left
@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from sweep.cli import main
 from sweep.record import FINISHED
 from sweep.testing.stores import TINY, check_consistent, load, runs, sweep_process, training_trial, wait_for
+from sweep.workers import STALE_ENV
 
 # Trials of a few seconds each, so a signal can land while one trains.
 SLOW = TINY.replace("epochs = { low = 1, high = 2 }", "epochs = { low = 150, high = 160 }")
@@ -111,6 +112,30 @@ def test_a_killed_worker_is_replaced_and_its_trial_retried(tmp_path, idx_dir, sl
     assert "killed by SIGKILL; starting a new worker" in out
     assert_retried_once(store, victim.number, "worker died")
     assert_consistent(store, finished=4)
+
+
+def test_a_frozen_worker_loses_its_trial_and_its_late_result_is_dropped(tmp_path, idx_dir, slow_study, monkeypatch):
+    # SIGSTOP is what a frozen host looks like from outside: its process lives, its heartbeat stops. Another
+    # worker recovers its trial after the stale interval; thawed, the frozen one is told in one line that its
+    # trial was taken over, and goes on.
+    monkeypatch.setenv(STALE_ENV, "4")
+    store = tmp_path / "store"
+    argv = ("run", "--study", slow_study, "--store", store, "--data-dir", idx_dir, "--trials", "3")
+    frozen = sweep_process(*argv)
+    victim = wait_for(lambda: training_trial(store), frozen)
+    os.kill(frozen.pid, signal.SIGSTOP)
+    try:
+        other = sweep_process(*argv)
+        out, _ = other.communicate(timeout=600)
+    finally:
+        os.kill(frozen.pid, signal.SIGCONT)
+    assert other.returncode == 0, out
+    assert f"trial {victim.number:4d} FAIL     (worker died: no heartbeat" in out, out
+    late, _ = frozen.communicate(timeout=600)
+    assert frozen.returncode == 0 and "Traceback" not in late, late
+    assert late.count(f"trial {victim.number:4d} dropped") == 1, late
+    assert_retried_once(store, victim.number, "worker died: no heartbeat")
+    assert_consistent(store, finished=3)
 
 
 def _limit_address_space() -> None:

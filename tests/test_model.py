@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from mnist_core.model import OPTIMIZERS, Dropout, LearningRate, MLPConfig, SmoothedSparseCrossentropy, build_mlp, param_count
+from mnist_core.model import OPTIMIZER_NAMES, MLPConfig, param_count
+from mnist_core.network import OPTIMIZERS, Dropout, LearningRate, SmoothedSparseCrossentropy, build_mlp
 
 
 @pytest.mark.parametrize(
@@ -150,3 +154,11 @@ def test_a_saved_model_with_dropout_loads_and_predicts_alike(tmp_path):
 def test_bad_configs_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MLPConfig(**kwargs)
+
+
+def test_a_sweeps_bookkeeping_imports_no_tensorflow():
+    # The configs, the trainer's types and the sweep's command line describe and count nets: Keras comes in
+    # only when one is built, so a bookkeeping-only worker (bench/cluster.py) fits 32 to a machine.
+    code = "import sys, mnist_core, mnist_core.trainer, sweep.cli, sweep.trial; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "False"]

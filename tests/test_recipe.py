@@ -10,7 +10,8 @@ import pytest
 
 from mnist_core.augment import Augmentation, augment_batch
 from mnist_core.data import make_dataset, scale_pixels
-from mnist_core.model import LearningRate, MLPConfig
+from mnist_core.model import MLPConfig
+from mnist_core.network import LearningRate
 from mnist_core.trainer import TrainConfig, train
 from sweep.studyfile import load_study
 from sweep.testing.stores import study_text

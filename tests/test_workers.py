@@ -8,12 +8,13 @@ import time
 
 import optuna
 import pytest
+import sqlalchemy.exc
 from optuna.trial import TrialState
 
-from sweep.storage import count_busy, open_storage, open_study, release
+from sweep.storage import RECONNECT_SECONDS, Reconnecting, count_busy, lost_connection, open_storage, open_study, release
 from sweep.studyfile import load_study
 from sweep.tracking import Tracker, default_tracking_uri
-from sweep.workers import HOST, STALE_SECONDS, stale_reason
+from sweep.workers import HOST, STALE_ENV, STALE_SECONDS, Liveness, stale_seconds
 
 
 @pytest.fixture
@@ -100,23 +101,168 @@ def test_workers_that_log_the_same_dataset_at_once_both_record_it(tmp_path, spli
     assert [[d.dataset.digest for d in inputs] for inputs in recorded] == [[splits.checksum[:12]]] * 2
 
 
-def _running(user_attrs: dict) -> optuna.trial.FrozenTrial:
-    return optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs=user_attrs)
+def test_workers_describing_the_parent_run_together_both_succeed(tmp_path, monkeypatch):
+    # Workers ending together all write the parent run's description: MLflow's SQL store looks the tag up,
+    # then inserts it, so a worker that looked before another's insert committed breaks the unique key (seen
+    # in CI with two hosts on one server: the worker exited 1).
+    from mlflow.store.tracking.dbmodels.models import SqlTag
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
+    from sqlalchemy.orm import Session
+
+    uri = default_tracking_uri(tmp_path)
+    first, second = (Tracker(uri, "race", tmp_path / "artifacts") for _ in range(2))
+    run = first.start_run("study")
+    first.set_description(run, "one")
+    real_merge, missed = Session.merge, []
+
+    def merge(session, instance, **kwargs):
+        if not missed and isinstance(instance, SqlTag):
+            missed.append(instance)
+            session.add(instance)  # as if its look-up ran before the first worker's insert committed
+            return instance
+        return real_merge(session, instance, **kwargs)
+
+    monkeypatch.setattr(Session, "merge", merge)
+    second.set_description(run, "two")
+    assert missed
+    assert first.client.get_run(run).data.tags[MLFLOW_RUN_NOTE] == "two"
 
 
-def test_a_trial_on_another_host_is_alive_while_its_heartbeat_is_recent():
-    now = time.time()
-    beating = _running({"host": "other-machine", "pid": 1, "heartbeat": now - STALE_SECONDS / 2})
-    assert stale_reason(beating, now=now) is None
-    silent = _running({"host": "other-machine", "pid": 1, "heartbeat": now - STALE_SECONDS - 5})
-    assert stale_reason(silent, now=now) == f"worker died: no heartbeat from other-machine for {STALE_SECONDS + 5:.0f} s"
+def test_workers_creating_the_schema_together_wait_for_the_one_that_won(tmp_path, monkeypatch):
+    # Workers starting together on a fresh PostgreSQL each create Optuna's tables, and the losers' CREATE TABLE
+    # fails with duplicate_table (bench/cluster.py, 16 workers: two exited with "relation studies already exists").
+    psycopg = pytest.importorskip("psycopg")
+    from sweep import storage
+
+    real, calls = storage.RDBStorage, []
+
+    def racing(url, **kwargs):
+        calls.append(url)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.ProgrammingError("CREATE TABLE studies", {}, psycopg.errors.DuplicateTable('relation "studies" already exists'))
+        return real(url, **kwargs)
+
+    monkeypatch.setattr(storage, "RDBStorage", racing)
+    monkeypatch.setattr(storage.time, "sleep", lambda seconds: None)
+    opened = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", tmp_path)
+    assert len(calls) == 2
+    optuna.create_study(storage=opened, study_name="after-the-race")
+    assert [s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'optuna.db'}")] == ["after-the-race"]
+
+
+def _running(user_attrs: dict, number: int = 0) -> optuna.trial.FrozenTrial:
+    trial = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs=user_attrs)
+    trial.number = number
+    return trial
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_trial_on_another_host_is_alive_while_its_heartbeat_changes_whatever_that_hosts_clock_says():
+    clock = FakeClock()
+    watcher = Liveness(clock)
+    behind = time.time() - 10 * STALE_SECONDS  # its host's clock runs far behind this one's
+    for beat in range(3):  # a new heartbeat at every look, each a stale interval after the last
+        assert watcher.stale_reason(_running({"host": "other-machine", "pid": 1, "heartbeat": behind + beat})) is None
+        clock.now += STALE_SECONDS + 1
+    # Its heartbeat stops: gone once it has not changed for the stale interval of this observer's clock.
+    silent = _running({"host": "other-machine", "pid": 1, "heartbeat": behind + 2})
+    clock.now -= STALE_SECONDS + 1
+    assert watcher.stale_reason(silent) is None
+    clock.now += STALE_SECONDS / 2
+    assert watcher.stale_reason(silent) is None
+    clock.now += STALE_SECONDS / 2 + 5
+    assert watcher.stale_reason(silent) == f"worker died: no heartbeat from other-machine for {STALE_SECONDS + 5:.0f} s"
+
+
+def test_a_new_observer_waits_a_stale_interval_before_calling_a_worker_gone():
+    clock = FakeClock()
+    watcher = Liveness(clock)
+    old = _running({"host": "other-machine", "pid": 1, "heartbeat": time.time() - 3600})  # silent for an hour by its stamp
+    assert watcher.stale_reason(old) is None  # first sight: the wait starts now
+    clock.now += STALE_SECONDS + 1
+    assert watcher.stale_reason(old).startswith("worker died: no heartbeat from other-machine")
+    watcher.forget_all_but(set())
+    assert watcher.stale_reason(old) is None  # forgotten once no longer running: seen afresh
 
 
 def test_a_trial_on_this_host_is_dead_as_soon_as_its_process_is():
     process = subprocess.Popen(["true"])
     process.wait()
-    gone, now = process.pid, time.time()
-    assert stale_reason(_running({"host": HOST, "pid": gone, "heartbeat": now}), now=now) == (
+    gone, watcher = process.pid, Liveness()
+    assert watcher.stale_reason(_running({"host": HOST, "pid": gone, "heartbeat": time.time()})) == (
         f"worker died: process {gone} on {HOST} is gone"
     )
-    assert stale_reason(_running({"host": HOST, "pid": os.getppid(), "heartbeat": now}), now=now) is None
+    assert watcher.stale_reason(_running({"host": HOST, "pid": os.getppid(), "heartbeat": time.time()}, number=1)) is None
+
+
+@pytest.mark.parametrize("text", ["soon", "0", "-5", "nan"])
+def test_a_bad_stale_interval_is_refused_in_one_line(monkeypatch, cli, text):
+    monkeypatch.setenv(STALE_ENV, text)
+    with pytest.raises(ValueError, match=f"{STALE_ENV}="):
+        stale_seconds()
+    code, _, err = cli("run", "--trials", "1")
+    assert code == 2 and f"{STALE_ENV}={text!r} is not a positive number of seconds" in err and err.count("\n") == 1
+    monkeypatch.setenv(STALE_ENV, "7.5")
+    assert stale_seconds() == 7.5
+
+
+class Flaky:
+    """A storage stand-in whose calls fail `failures` times with `error`, then answer."""
+
+    def __init__(self, failures: int, error: Exception):
+        self.failures, self.error, self.calls = failures, error, 0
+
+    def get_all_studies(self):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error
+        return ["answered"]
+
+
+def _lost() -> Exception:
+    # What Optuna's RDB storage raises when the database went away mid-session.
+    try:
+        raise sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+    except sqlalchemy.exc.OperationalError as cause:
+        try:
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from cause
+        except optuna.exceptions.StorageInternalError as exc:
+            return exc
+
+
+def test_a_storage_call_waits_out_a_database_restart_with_backoff():
+    clock = FakeClock()
+    pauses = []
+
+    def sleep(seconds):
+        pauses.append(seconds)
+        clock.now += seconds
+
+    inner = Flaky(5, _lost())
+    assert Reconnecting(inner, clock, sleep).get_all_studies() == ["answered"]
+    assert inner.calls == 6 and pauses == [0.5, 1.0, 2.0, 4.0, 8.0]
+
+
+def test_a_storage_call_gives_up_after_the_reconnect_time_and_never_retries_other_errors():
+    clock = FakeClock()
+    pauses = []
+
+    def sleep(seconds):
+        pauses.append(seconds)
+        clock.now += seconds
+
+    down = Flaky(10**6, _lost())
+    with pytest.raises(optuna.exceptions.StorageInternalError):
+        Reconnecting(down, clock, sleep).get_all_studies()
+    assert sum(pauses) <= RECONNECT_SECONDS and sum(pauses) > RECONNECT_SECONDS - 8.0
+    wrong = Flaky(1, ValueError("not a connection problem"))
+    with pytest.raises(ValueError):
+        Reconnecting(wrong, clock, sleep).get_all_studies()
+    assert wrong.calls == 1 and not lost_connection(ValueError())

@@ -29,11 +29,12 @@ DEFAULT_STORE = Path("mlruns")
 # Wall clock of sweep deadlines: absolute, so a recycled process keeps its sweep's; a module attribute so
 # tests can replace it with a fake one (with `mnist_core.trainer.clock`).
 clock = time.time
-# How long a worker that claimed a new study's parent MLflow run waits to see if another one did too.
-PARENT_SETTLE_SECONDS = 0.5
+# How long a worker that claimed a new study's parent MLflow run waits to see if another one did too: longer
+# than a storage read and write take, even under load (parent_run).
+PARENT_SETTLE_SECONDS = 1.0
 # How long a worker waits for the parent run that another worker claimed (sweep/context.py::parent_run).
 PARENT_WAIT_SECONDS = 120.0
-PARENT_CLAIM_ATTR = "mlflow_parent_run_claim"
+PARENT_CLAIM_ATTR, PARENT_WINNER_ATTR = "mlflow_parent_run_claim", "mlflow_parent_run_winner"
 STORE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 STORE_MESSAGES = ("database or disk is full", "readonly database", "disk I/O error")
 
@@ -143,18 +144,17 @@ def parent_run(study: optuna.Study, tracker: Tracker, spec: StudySpec, study_pro
         return run_id
     # Workers starting together each claim the run; the last claim holds for all, and only its worker creates
     # it (the others would have to delete theirs, and deleting takes a permission a worker has not: MANAGE).
+    # A worker that claims after the winner checked its claim (it started later) finds the winner's mark when it
+    # checks its own: the winner marks itself right after its check, less than a settle interval before.
+    if study.user_attrs.get(PARENT_WINNER_ATTR):
+        return _await_parent(study, tracker)
     claim = uuid.uuid4().hex
     study.set_user_attr(PARENT_CLAIM_ATTR, claim)
     time.sleep(PARENT_SETTLE_SECONDS)
-    if study.user_attrs.get(PARENT_CLAIM_ATTR) != claim:
-        deadline = time.monotonic() + PARENT_WAIT_SECONDS
-        while not (run_id := study.user_attrs.get(PARENT_ATTR)) and time.monotonic() < deadline:
-            time.sleep(PARENT_SETTLE_SECONDS)
-        if not run_id:
-            raise CommandError(f"another worker claimed study {study.study_name!r}'s parent MLflow run but did not create it "
-                               f"within {PARENT_WAIT_SECONDS:g} s; run the same command again")
-        tracker.resume_run(run_id)
-        return run_id
+    attrs = study.user_attrs
+    if attrs.get(PARENT_CLAIM_ATTR) != claim or (attrs.get(PARENT_WINNER_ATTR) or claim) != claim:
+        return _await_parent(study, tracker)
+    study.set_user_attr(PARENT_WINNER_ATTR, claim)
     run_id = tracker.start_run(f"sweep-{study.study_name}", tags={"optuna.study": study.study_name})
     study.set_user_attr(PARENT_ATTR, run_id)
     tracker.log_params(run_id, {"study_file": spec.label, "objectives": ",".join(spec.objectives), "sampler": spec.sampler,
@@ -164,6 +164,19 @@ def parent_run(study: optuna.Study, tracker: Tracker, spec: StudySpec, study_pro
     tracker.describe(run_id, [p.name for p in spec.params], [p.name for p in spec.params if p.role == "scientific"])
     if study_profile is not None:
         tracker.set_tags(run_id, machine_tags(study_profile))
+    return run_id
+
+
+def _await_parent(study: optuna.Study, tracker: Tracker) -> str:
+    """The parent run another worker claimed, once it has created it."""
+    deadline = time.monotonic() + PARENT_WAIT_SECONDS
+    while not (run_id := study.user_attrs.get(PARENT_ATTR)) and time.monotonic() < deadline:
+        time.sleep(PARENT_SETTLE_SECONDS)
+    if not run_id:
+        study.set_user_attr(PARENT_WINNER_ATTR, "")  # that worker is gone: the next claim may win
+        raise CommandError(f"another worker claimed study {study.study_name!r}'s parent MLflow run but did not create it "
+                           f"within {PARENT_WAIT_SECONDS:g} s; run the same command again")
+    tracker.resume_run(run_id)
     return run_id
 
 

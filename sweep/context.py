@@ -6,12 +6,12 @@ the MLflow tracker and, for a sweep, the parent run and the deadline. `run`, eve
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
 import os
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from mnist_core.data import Source, Splits, load_splits, resolve_source
 from mnist_core.machine import MachineProfile, current
 from sweep import storage
 from sweep.credentials import redact
+from sweep.optuna_private import storage_of
 from sweep.studyfile import StudySpec, load_study
 from sweep.tracking import PARENT_ATTR, Tracker, default_tracking_uri, machine_tags
 
@@ -29,12 +30,10 @@ DEFAULT_STORE = Path("mlruns")
 # Wall clock of sweep deadlines: absolute, so a recycled process keeps its sweep's; a module attribute so
 # tests can replace it with a fake one (with `mnist_core.trainer.clock`).
 clock = time.time
-# How long a worker that claimed a new study's parent MLflow run waits to see if another one did too: longer
-# than a storage read and write take, even under load (parent_run).
-PARENT_SETTLE_SECONDS = 1.0
-# How long a worker waits for the parent run that another worker claimed (sweep/context.py::parent_run).
-PARENT_WAIT_SECONDS = 120.0
-PARENT_CLAIM_ATTR, PARENT_WINNER_ATTR = "mlflow_parent_run_claim", "mlflow_parent_run_winner"
+# How often and how long a worker polls for the parent run that another worker is creating (parent_run).
+PARENT_POLL_SECONDS, PARENT_WAIT_SECONDS = 0.5, 120.0
+# The claim on a new study's parent run: a study of this name, in the same storage, while its run is created.
+PARENT_CLAIM_SUFFIX = ":parent-run-claim"
 STORE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 STORE_MESSAGES = ("database or disk is full", "readonly database", "disk I/O error")
 
@@ -142,19 +141,28 @@ def parent_run(study: optuna.Study, tracker: Tracker, spec: StudySpec, study_pro
     if run_id:
         tracker.resume_run(run_id)
         return run_id
-    # Workers starting together each claim the run; the last claim holds for all, and only its worker creates
-    # it (the others would have to delete theirs, and deleting takes a permission a worker has not: MANAGE).
-    # A worker that claims after the winner checked its claim (it started later) finds the winner's mark when it
-    # checks its own: the winner marks itself right after its check, less than a settle interval before.
-    if study.user_attrs.get(PARENT_WINNER_ATTR):
-        return _await_parent(study, tracker)
-    claim = uuid.uuid4().hex
-    study.set_user_attr(PARENT_CLAIM_ATTR, claim)
-    time.sleep(PARENT_SETTLE_SECONDS)
-    attrs = study.user_attrs
-    if attrs.get(PARENT_CLAIM_ATTR) != claim or (attrs.get(PARENT_WINNER_ATTR) or claim) != claim:
-        return _await_parent(study, tracker)
-    study.set_user_attr(PARENT_WINNER_ATTR, claim)
+    # Workers starting together race to create it. Only one may (a loser would have to delete its own, which in
+    # MLflow takes a permission a worker has not: MANAGE): the one that creates the claim study, as a study name
+    # is unique in any Optuna storage. The others wait for the run.
+    claim = study.study_name + PARENT_CLAIM_SUFFIX
+    try:
+        optuna.create_study(study_name=claim, storage=storage_of(study))
+    except optuna.exceptions.DuplicatedStudyError:
+        return _await_parent(study, tracker, claim)
+    try:
+        # A worker that read no run above may win only after the first winner created it and let go of its claim.
+        run_id = study.user_attrs.get(PARENT_ATTR)
+        if run_id:
+            tracker.resume_run(run_id)
+            return run_id
+        return _create_parent(study, tracker, spec, study_profile)
+    finally:
+        with contextlib.suppress(KeyError):  # let go of the claim (unless a waiter gave up on it and did)
+            optuna.delete_study(study_name=claim, storage=storage_of(study))
+
+
+def _create_parent(study: optuna.Study, tracker: Tracker, spec: StudySpec, study_profile: MachineProfile | None) -> str:
+    """A new parent run for `study`, its id kept in the study, with the study file and the machine's profile."""
     run_id = tracker.start_run(f"sweep-{study.study_name}", tags={"optuna.study": study.study_name})
     study.set_user_attr(PARENT_ATTR, run_id)
     tracker.log_params(run_id, {"study_file": spec.label, "objectives": ",".join(spec.objectives), "sampler": spec.sampler,
@@ -167,13 +175,14 @@ def parent_run(study: optuna.Study, tracker: Tracker, spec: StudySpec, study_pro
     return run_id
 
 
-def _await_parent(study: optuna.Study, tracker: Tracker) -> str:
+def _await_parent(study: optuna.Study, tracker: Tracker, claim: str) -> str:
     """The parent run another worker claimed, once it has created it."""
     deadline = time.monotonic() + PARENT_WAIT_SECONDS
     while not (run_id := study.user_attrs.get(PARENT_ATTR)) and time.monotonic() < deadline:
-        time.sleep(PARENT_SETTLE_SECONDS)
+        time.sleep(PARENT_POLL_SECONDS)
     if not run_id:
-        study.set_user_attr(PARENT_WINNER_ATTR, "")  # that worker is gone: the next claim may win
+        with contextlib.suppress(KeyError):  # that worker is gone: let go of its claim, so the next try may win
+            optuna.delete_study(study_name=claim, storage=storage_of(study))
         raise CommandError(f"another worker claimed study {study.study_name!r}'s parent MLflow run but did not create it "
                            f"within {PARENT_WAIT_SECONDS:g} s; run the same command again")
     tracker.resume_run(run_id)

@@ -5,7 +5,8 @@
   `skip_if_finished` would hide it, and both racers would queue a retry).
 - A PostgreSQL storage wrapped to wait out a restart keeps Optuna's cache in front of it.
 - A worker asks the storage whether the trial it runs was closed by another worker meanwhile.
-- The seed model's point on a chart comes from another study of the same storage.
+- The seed model's point on a chart comes from another study of the same storage; so does the claim on a new
+  study's parent MLflow run (`sweep/context.py::parent_run`).
 - The sampler's view of a study (`sweep/views.py`) must answer `Study._get_trials`, which Optuna's
   samplers call instead of `get_trials`.
 Check these on an Optuna upgrade: they read `Study._storage`, `Trial._trial_id`, `Study._get_trials` and `_CachedStorage`.
@@ -57,3 +58,8 @@ def sibling(study: optuna.Study, name: str) -> optuna.Study | None:
         return optuna.load_study(study_name=name, storage=study._storage)
     except KeyError:
         return None
+
+
+def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
+    """The storage a study is in, to open or create another study there."""
+    return study._storage

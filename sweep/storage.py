@@ -67,6 +67,12 @@ def _check_journal(path: Path) -> None:
                 )
 
 
+# A worker's threads that use the database (its trial loop and a trial's heartbeat) hold one connection each, one
+# call at a time: two kept open per worker, and a third caller (a heartbeat that is ending while the next one
+# starts) waits for one rather than opening more (bench/results/cluster.json counts them under load).
+ENGINE = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 0}
+
+
 def open_storage(storage: str | None, store: Path) -> BaseStorage:
     """The storage named by `--storage` (URL or journal file path), else the store's journal file.
 
@@ -75,7 +81,7 @@ def open_storage(storage: str | None, store: Path) -> BaseStorage:
     if storage and "://" in storage:
         for attempt in range(SCHEMA_ATTEMPTS):
             try:
-                return Reconnecting(optuna_private.cached(RDBStorage(storage, engine_kwargs={"pool_pre_ping": True})))
+                return Reconnecting(optuna_private.cached(RDBStorage(storage, engine_kwargs=ENGINE)))
             except ImportError:  # Optuna's word for a database driver (psycopg for PostgreSQL) that is not installed
                 raise StorageError(
                     f"cannot open storage {mask_url(storage)}: its database driver is not installed; install it with "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 
 import optuna
@@ -13,6 +14,7 @@ from optuna.trial import TrialState
 
 from sweep.storage import RECONNECT_SECONDS, Reconnecting, count_busy, lost_connection, open_storage, open_study, release
 from sweep.studyfile import load_study
+from sweep.testing.stores import study_text
 from sweep.tracking import Tracker, default_tracking_uri
 from sweep.workers import HOST, STALE_ENV, STALE_SECONDS, Liveness, stale_seconds
 
@@ -266,3 +268,71 @@ def test_a_storage_call_gives_up_after_the_reconnect_time_and_never_retries_othe
     with pytest.raises(ValueError):
         Reconnecting(wrong, clock, sleep).get_all_studies()
     assert wrong.calls == 1 and not lost_connection(ValueError())
+
+
+def _race_parts(tmp_path):
+    """Two workers' views of one new study (SQLite) and one MLflow store, and the study file."""
+    path = tmp_path / "race.toml"
+    path.write_text(study_text("race"))
+    spec, url = load_study(path), f"sqlite:///{tmp_path / 'optuna.db'}"
+    studies = [optuna.create_study(study_name="race", storage=url, directions=spec.directions, load_if_exists=True) for _ in range(2)]
+    uri = default_tracking_uri(tmp_path)
+    return spec, url, studies, [Tracker(uri, "race", tmp_path / "artifacts") for _ in range(2)]
+
+
+def test_a_worker_arriving_while_another_creates_the_parent_run_waits_for_it(tmp_path, monkeypatch):
+    # CI's clean-clone run of the README host test found two parent runs for one study: a worker that started
+    # later claimed the run after the first had checked its own claim, while the first was creating the run.
+    from sweep import context
+
+    spec, url, studies, trackers = _race_parts(tmp_path)
+    real_start, late, found = Tracker.start_run, [], []
+
+    def start_run(self, name, *args, **kwargs):
+        if name.startswith("sweep-") and not late:  # the first worker is creating the run: the late one arrives
+            late.append(threading.Thread(target=lambda: found.append(context.parent_run(studies[1], trackers[1], spec, None))))
+            late[0].start()
+            late[0].join(timeout=3)
+        return real_start(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(Tracker, "start_run", start_run)
+    first = context.parent_run(studies[0], trackers[0], spec, None)
+    late[0].join()
+    runs = trackers[0].client.search_runs([trackers[0].experiment_id])
+    assert [r.info.run_id for r in runs] == [first] and found == [first]
+    assert optuna.get_all_study_names(url) == ["race"]  # the claim is let go
+
+
+def test_a_claim_whose_worker_died_is_let_go_when_its_waiter_gives_up(tmp_path, monkeypatch):
+    from sweep import context
+    from sweep.context import CommandError
+
+    spec, url, studies, trackers = _race_parts(tmp_path)
+    optuna.create_study(study_name="race" + context.PARENT_CLAIM_SUFFIX, storage=url)  # a worker claimed, then died
+    monkeypatch.setattr(context, "PARENT_WAIT_SECONDS", 0.2)
+    monkeypatch.setattr(context, "PARENT_POLL_SECONDS", 0.05)
+    with pytest.raises(CommandError, match="run the same command again"):
+        context.parent_run(studies[0], trackers[0], spec, None)
+    run = context.parent_run(studies[0], trackers[0], spec, None)  # the same command again
+    assert [r.info.run_id for r in trackers[0].client.search_runs([trackers[0].experiment_id])] == [run]
+    assert optuna.get_all_study_names(url) == ["race"]
+
+
+def test_a_workers_storage_keeps_at_most_two_database_connections_whatever_calls_at_once(tmp_path):
+    # A worker's trial loop and a trial's heartbeat each hold a connection; a heartbeat ending as the next one
+    # starts made a third, which the pool then kept open (bench/cluster.py: 67 connections for 32 workers).
+    from sqlalchemy import event
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", tmp_path)
+    optuna.create_study(study_name="pool", storage=storage)
+    engine = storage._inner._backend.engine
+    opened, answers = [], []
+    event.listen(engine, "connect", lambda *_: opened.append(1))
+    event.listen(engine, "before_cursor_execute", lambda *_: time.sleep(0.1))  # calls that overlap
+    threads = [threading.Thread(target=lambda: answers.append(storage.get_all_studies())) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(answers) == 4 and all(len(studies) == 1 for studies in answers)
+    assert engine.pool.checkedin() + engine.pool.checkedout() <= 2 and len(opened) <= 2

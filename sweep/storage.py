@@ -68,8 +68,9 @@ def _check_journal(path: Path) -> None:
 
 
 # A worker's threads that use the database (its trial loop and a trial's heartbeat) hold one connection each, one
-# call at a time: two kept open per worker, and a third caller (a heartbeat that is ending while the next one
-# starts) waits for one rather than opening more (bench/results/cluster.json counts them under load).
+# call at a time; SQLAlchemy's default pool would keep open as many as ever ran at once (up to 5). Two are kept,
+# and a third caller waits for one rather than opening more. (Connections outside this pool are not bounded by
+# it: docs/several-machines.md.)
 ENGINE = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 0}
 
 

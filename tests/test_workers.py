@@ -319,8 +319,8 @@ def test_a_claim_whose_worker_died_is_let_go_when_its_waiter_gives_up(tmp_path, 
 
 
 def test_a_workers_storage_keeps_at_most_two_database_connections_whatever_calls_at_once(tmp_path):
-    # A worker's trial loop and a trial's heartbeat each hold a connection; a heartbeat ending as the next one
-    # starts made a third, which the pool then kept open (bench/cluster.py: 67 connections for 32 workers).
+    # A worker's trial loop and a trial's heartbeat each hold a connection; SQLAlchemy's default pool kept open
+    # as many as had ever been taken at once (up to 5), where a worker needs two.
     from sqlalchemy import event
 
     storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", tmp_path)

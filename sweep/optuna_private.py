@@ -4,12 +4,14 @@
   from another process, with the storage's answer telling which worker won the race (`Study.tell` with
   `skip_if_finished` would hide it, and both racers would queue a retry).
 - A PostgreSQL storage wrapped to wait out a restart keeps Optuna's cache in front of it.
+- An RDB storage whose creation lost the schema race to another worker closes its connections at once.
 - A worker asks the storage whether the trial it runs was closed by another worker meanwhile.
 - The seed model's point on a chart comes from another study of the same storage; so does the claim on a new
   study's parent MLflow run (`sweep/context.py::parent_run`).
 - The sampler's view of a study (`sweep/views.py`) must answer `Study._get_trials`, which Optuna's
   samplers call instead of `get_trials`.
-Check these on an Optuna upgrade: they read `Study._storage`, `Trial._trial_id`, `Study._get_trials` and `_CachedStorage`.
+Check these on an Optuna upgrade: they read `Study._storage`, `Trial._trial_id`, `Study._get_trials`, `_CachedStorage`
+and `RDBStorage.__init__`'s `self.engine`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,19 @@ def cached(storage: optuna.storages.RDBStorage) -> optuna.storages.BaseStorage:
     from optuna.storages._cached_storage import _CachedStorage
 
     return _CachedStorage(storage)
+
+
+def close_unmade(exc: BaseException) -> None:
+    """Close the connections of an RDB storage whose `__init__` raised `exc` (another worker was creating the
+    schema): the half-made storage is out of reach, but its engine's pool holds them open until a garbage
+    collection, on a server that workers starting together fill (bench/results/cluster.json)."""
+    frame = exc.__traceback__
+    while frame is not None:
+        unmade = frame.tb_frame.f_locals.get("self")
+        if isinstance(unmade, optuna.storages.RDBStorage) and hasattr(unmade, "engine"):
+            unmade.engine.dispose()
+            return
+        frame = frame.tb_next
 
 
 def finished(study: optuna.Study, trial: optuna.Trial) -> bool:

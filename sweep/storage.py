@@ -91,6 +91,7 @@ def open_storage(storage: str | None, store: Path) -> BaseStorage:
             except Exception as exc:  # SQLAlchemy/driver errors: not a database, unreachable server...
                 if not _schema_race(exc):
                     raise StorageError(redact(f"cannot open storage {storage}: {str(exc).splitlines()[0]}", storage)) from None
+                optuna_private.close_unmade(exc)
                 time.sleep(1.0 + attempt)
         raise StorageError(f"cannot open storage {mask_url(storage)}: its schema is still being created by another worker")
     path = Path(storage) if storage else store / JOURNAL_NAME

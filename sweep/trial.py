@@ -144,10 +144,23 @@ def _run_trial(ctx: SweepContext, trial: optuna.Trial, pruning: Pruning, watch: 
     except BaseException as exc:
         error = error or exc
         outcome = Outcome(TrialState.FAIL, _reason(exc))
-    frozen = ctx.study.tell(trial, outcome.values, state=outcome.state)
+    frozen = _tell(ctx, trial, outcome)
     if error is not None:
         raise error
+    if frozen is None:
+        raise TakenOver(trial.number)
     return frozen
+
+
+def _tell(ctx: SweepContext, trial: optuna.Trial, outcome: Outcome) -> FrozenTrial | None:
+    """Tell Optuna how the trial ended; None if another worker closed it first: its stale check can land
+    between `_close` and here, and Optuna refuses to tell a finished trial with a ValueError."""
+    try:
+        return ctx.study.tell(trial, outcome.values, state=outcome.state)
+    except ValueError:
+        if optuna_private.finished(ctx.study, trial):
+            return None
+        raise
 
 
 def _reason(exc: BaseException) -> str:

@@ -1,6 +1,7 @@
 """Faults injected for real: kill -9 and SIGTERM of real processes, four processes on one study, a
-worker killed the way the out-of-memory killer does it, a worker frozen past the stale interval, a real allocation failure, a torn journal,
-and a store on a file system that is full or read-only.
+worker killed the way the out-of-memory killer does it, a worker frozen past the stale interval, a trial
+failed as stale just as its worker ends it, a real allocation failure, a torn journal, and a store on a
+file system that is full or read-only.
 
 Each test checks what a user relies on afterwards: no finished trial lost, no MLflow run left
 RUNNING, and the same command resumes the study.
@@ -136,6 +137,29 @@ def test_a_frozen_worker_loses_its_trial_and_its_late_result_is_dropped(tmp_path
     assert late.count(f"trial {victim.number:4d} dropped") == 1, late
     assert_retried_once(store, victim.number, "worker died: no heartbeat")
     assert_consistent(store, finished=3)
+
+
+def test_a_trial_failed_as_stale_just_before_its_worker_tells_it_is_dropped_and_the_sweep_goes_on(cli, monkeypatch):
+    # Another worker's stale check can close a trial after its own worker ended the trial's run and before it
+    # told Optuna (bench/cluster.py, 32 workers on 2 cores: two workers exited on "Cannot tell a FAIL trial.").
+    from sweep import trial as trial_module
+    from sweep import workers
+
+    reason, close = "worker died: no heartbeat", trial_module._close
+    monkeypatch.setattr(workers.LIVENESS, "stale_reason", lambda trial: reason if trial.number == 0 else None)
+
+    def close_then_recovered_elsewhere(ctx, trial, run_id, outcome):
+        close(ctx, trial, run_id, outcome)
+        if trial.number == 0:
+            workers.recover(trial.study, ctx.tracker, print)  # what the other worker does
+
+    monkeypatch.setattr(trial_module, "_close", close_then_recovered_elsewhere)
+    code, out, err = cli("run", "--trials", "2")
+    assert code == 0, err
+    assert out.count("trial    0 FAIL     (worker died: no heartbeat; its configuration is queued again)") == 1, out
+    assert out.count("trial    0 dropped") == 1, out
+    assert_retried_once(cli.store, 0, reason)
+    assert_consistent(cli.store, finished=2)
 
 
 def _limit_address_space() -> None:

@@ -137,9 +137,7 @@ def load_data(options: Options, spec: StudySpec) -> tuple[Source, Splits]:
 
 def parent_run(study: optuna.Study, tracker: Tracker, spec: StudySpec, study_profile: MachineProfile | None) -> str:
     """The study's parent MLflow run: created by its first sweep, reopened by later ones and other workers."""
-    run_id = study.user_attrs.get(PARENT_ATTR)
-    if run_id:
-        tracker.resume_run(run_id)
+    if run_id := _resumed(study, tracker):
         return run_id
     # Workers starting together race to create it. Only one may (a loser would have to delete its own, which in
     # MLflow takes a permission a worker has not: MANAGE): the one that creates the claim study, as a study name
@@ -151,14 +149,18 @@ def parent_run(study: optuna.Study, tracker: Tracker, spec: StudySpec, study_pro
         return _await_parent(study, tracker, claim)
     try:
         # A worker that read no run above may win only after the first winner created it and let go of its claim.
-        run_id = study.user_attrs.get(PARENT_ATTR)
-        if run_id:
-            tracker.resume_run(run_id)
-            return run_id
-        return _create_parent(study, tracker, spec, study_profile)
+        return _resumed(study, tracker) or _create_parent(study, tracker, spec, study_profile)
     finally:
         with contextlib.suppress(KeyError):  # let go of the claim (unless a waiter gave up on it and did)
             optuna.delete_study(study_name=claim, storage=storage_of(study))
+
+
+def _resumed(study: optuna.Study, tracker: Tracker) -> str | None:
+    """The study's parent run, reopened, if it has been created."""
+    run_id = study.user_attrs.get(PARENT_ATTR)
+    if run_id:
+        tracker.resume_run(run_id)
+    return run_id or None
 
 
 def _create_parent(study: optuna.Study, tracker: Tracker, spec: StudySpec, study_profile: MachineProfile | None) -> str:
@@ -178,14 +180,13 @@ def _create_parent(study: optuna.Study, tracker: Tracker, spec: StudySpec, study
 def _await_parent(study: optuna.Study, tracker: Tracker, claim: str) -> str:
     """The parent run another worker claimed, once it has created it."""
     deadline = time.monotonic() + PARENT_WAIT_SECONDS
-    while not (run_id := study.user_attrs.get(PARENT_ATTR)) and time.monotonic() < deadline:
+    while not (run_id := _resumed(study, tracker)) and time.monotonic() < deadline:
         time.sleep(PARENT_POLL_SECONDS)
     if not run_id:
         with contextlib.suppress(KeyError):  # that worker is gone: let go of its claim, so the next try may win
             optuna.delete_study(study_name=claim, storage=storage_of(study))
         raise CommandError(f"another worker claimed study {study.study_name!r}'s parent MLflow run but did not create it "
                            f"within {PARENT_WAIT_SECONDS:g} s; run the same command again")
-    tracker.resume_run(run_id)
     return run_id
 
 

@@ -96,7 +96,7 @@ class CostSpread(optuna.samplers.BaseSampler):
         # start recipe, or drawn), not from the low ends of their ranges, which train worst.
         cheapest = spec.cheapest_params(drawn[0])
         if index == 0:
-            epochs = next((p for p in spec.params if p.name == "epochs"), None)
+            epochs = spec.param("epochs")
             chosen = cheapest if epochs is None else {**cheapest, "epochs": int(min(max(FAST_END_EPOCHS, epochs.low), epochs.high))}
         else:
             # The cheapest configuration is a candidate too, as random draws rarely reach the first levels.
@@ -104,8 +104,8 @@ class CostSpread(optuna.samplers.BaseSampler):
             candidates = [cheapest, *drawn]
             cost = [math.log(seconds(spec.config_for(optuna.trial.FixedTrial(c), seed=0))) for c in candidates]
             chosen = candidates[int(np.argmin(np.abs(np.array(cost) - target)))]
-        rate = next((p for p in spec.params if p.name == "learning_rate" and p.start is not None), None)
-        if rate is not None:
+        rate = spec.param("learning_rate")
+        if rate is not None and rate.start is not None:
             width = spec.config_for(optuna.trial.FixedTrial(chosen), seed=0).model.width
             chosen = {**chosen, "learning_rate": start_learning_rate(rate, min(np.atleast_1d(width)))}
         return chosen

@@ -151,6 +151,10 @@ class StudySpec:
             needed = planned
         return min(needed, planned)
 
+    def param(self, name: str) -> Param | None:
+        """The searched hyperparameter `name`, or None where the study fixes it or leaves it at its default."""
+        return next((p for p in self.params if p.name == name), None)
+
     def cheapest_params(self, others: dict[str, Any] | None = None) -> dict[str, Any]:
         """The searched values that train fastest: the smallest net (fewest layers, narrowest, most border
         cropped), fewest epochs, largest batch, least augmentation and dropout (`CHEAPEST`). The values that do not change the cost come

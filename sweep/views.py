@@ -36,7 +36,7 @@ DERIVED_ATTR = "derived_from_epoch"
 
 def epoch_trials(spec: StudySpec, trial: FrozenTrial) -> list[FrozenTrial]:
     """The shorter trials that `trial`'s full epochs are: none unless its epochs are runs of their own."""
-    epochs = next(p for p in spec.params if p.name == "epochs")
+    epochs = spec.param("epochs")
     if trial.state not in FINISHED or "epochs" not in trial.params:
         return []
     if not spec.config_for(optuna.trial.FixedTrial(trial.params), seed=0).epochs_are_runs:

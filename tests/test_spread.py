@@ -47,7 +47,7 @@ def test_the_first_trials_of_the_map_climb_the_decades_of_cost():
     # which train worst), except where the cheapest net takes the cheap end (no dropout); the learning rate is
     # the start's for the net's width.
     starts = {p.name: p.start for p in spec.params if p.start is not None}
-    rate = next(p for p in spec.params if p.name == "learning_rate")
+    rate = spec.param("learning_rate")
     assert starts["learning_rate"] > rate.low
     for trial in study.trials:
         taken = {name: value for name, value in starts.items()
@@ -62,7 +62,7 @@ def test_the_first_trials_of_the_map_climb_the_decades_of_cost():
 
 
 def test_the_start_learning_rate_is_raised_for_narrow_nets_within_the_range():
-    rate = next(p for p in load_study(STUDIES / "map.toml").params if p.name == "learning_rate")
+    rate = load_study(STUDIES / "map.toml").param("learning_rate")
     assert start_learning_rate(rate, START_WIDTH) == start_learning_rate(rate, 2048) == rate.start
     assert start_learning_rate(rate, START_WIDTH // 4) == pytest.approx(2 * rate.start)
     assert start_learning_rate(rate, 1) == rate.high

@@ -31,7 +31,7 @@ def test_seed_study_is_the_students_model():
 
 def test_learning_rate_is_searched_on_a_log_scale():
     for name in ("tradeoff.toml", "accuracy.toml"):
-        (lr,) = [p for p in load_study(STUDIES / name).params if p.name == "learning_rate"]
+        lr = load_study(STUDIES / name).param("learning_rate")
         assert lr.log and lr.role == "nuisance"
 
 

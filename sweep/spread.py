@@ -4,7 +4,8 @@ A sampler left to itself starts with random configurations, and a random draw of
 lands mostly in the middle decades of cost; the model-based search that follows refines what it was shown.
 Here trial i of the first n targets the cost level i / n of the way, in decades, from the cheapest
 configuration the space allows to the per-trial budget, so the search starts from every decade of the map.
-Trial 0 is the map's fast end: the cheapest net, trained for FAST_END_EPOCHS so that its epochs are the map's
+Trial 0 is the map's fast end: a one-layer net FAST_END_WIDTH wide with the cheapest values otherwise,
+trained for FAST_END_EPOCHS at a rate FAST_END_RATE times its width's start, so that its epochs are the map's
 first points. The levels are taken cheapest first, so that the
 cost model (`sweep/costmodel.py`) is fitted on measured trials before it places the expensive ones. Each
 trial draws CANDIDATES configurations at random, with its own seed, and runs the one whose predicted time is
@@ -28,9 +29,13 @@ from sweep.studyfile import HYPERPARAMETERS, Param, StudySpec
 
 # Random configurations drawn per spread trial: enough that some lie near any level of cost.
 CANDIDATES = 256
-# The cheapest net's first epoch is mostly tracing and each further epoch costs a fraction of it, so the fast end
-# trains it for this many epochs: points from its first epoch up the first decade (bench/results/fast_end.md).
+# A one-layer net's first epoch is mostly tracing and each further epoch costs a fraction of it, so the fast end
+# trains for this many epochs: points from its first epoch up the first decade. Its width: the first epochs of a
+# net this wide cost about what the narrowest's do and learn more, and a run this short trains best at a rate
+# this many times its width's start (bench/results/fast_end.md).
 FAST_END_EPOCHS = 4
+FAST_END_WIDTH = 128
+FAST_END_RATE = 2.0
 # The study file's start learning rate is for nets this wide or wider; narrower nets train best at a larger one
 # (bench/results/fast_end.md).
 START_WIDTH = 256
@@ -55,9 +60,24 @@ def start_learning_rate(param: Param, width: int) -> float:
     return min(param.start * math.sqrt(max(START_WIDTH / width, 1.0)), param.high)
 
 
+def fast_end(spec: StudySpec, values: dict[str, Any]) -> dict[str, Any]:
+    """Trial 0's values: `values` (the cheapest) with FAST_END_WIDTH and FAST_END_EPOCHS, or the searched values
+    nearest them."""
+    chosen = dict(values)
+    for name, value in (("width", FAST_END_WIDTH), ("epochs", FAST_END_EPOCHS)):
+        param = spec.param(name)
+        if param is None:
+            continue
+        if param.choices is not None:
+            chosen[name] = min(param.choices, key=lambda choice: abs(math.log(choice / value)))
+        else:
+            chosen[name] = int(min(max(value, param.low), param.high))
+    return chosen
+
+
 def level(spec: StudySpec, index: int, cheapest: float) -> float:
-    """The predicted seconds spread trial `index` aims at: evenly spaced in decades from `cheapest` (the first
-    level: the fastest net is the map's fast end) towards the budget, one step short of it."""
+    """The predicted seconds spread trial `index` aims at: evenly spaced in decades from `cheapest` (the cheapest
+    configuration's) towards the budget, one step short of it."""
     top = max(spec.trial_seconds, cheapest)
     return math.exp(math.log(cheapest) + index / spec.cost_spread_trials * (math.log(top) - math.log(cheapest)))
 
@@ -84,21 +104,21 @@ class CostSpread(optuna.samplers.BaseSampler):
 
     def place(self, study: optuna.Study, index: int) -> dict[str, Any]:
         """Spread trial `index`'s values: the fast end (index 0), else the candidate whose predicted seconds (on the
-        cost model of the trials so far) are nearest level `index`; with the start learning rate for its width."""
-        model = costmodel.fit(study, self._examples)
-
-        def seconds(config) -> float:
-            return model.predict(config, self._examples)
-
+        cost model of the trials so far) are nearest level `index`; with the start learning rate for its width
+        (FAST_END_RATE times it for the fast end)."""
         spec = self._spec
-        drawn = [{p.name: draw(p, self._rng) for p in spec.params} for _ in range(CANDIDATES)]
+        drawn = [{p.name: draw(p, self._rng) for p in spec.params} for _ in range(1 if index == 0 else CANDIDATES)]
         # The values that do not set the cheapest net's cost (the learning rate, ...) come from a candidate (the
         # start recipe, or drawn), not from the low ends of their ranges, which train worst.
         cheapest = spec.cheapest_params(drawn[0])
         if index == 0:
-            epochs = spec.param("epochs")
-            chosen = cheapest if epochs is None else {**cheapest, "epochs": int(min(max(FAST_END_EPOCHS, epochs.low), epochs.high))}
+            chosen = fast_end(spec, cheapest)
         else:
+            model = costmodel.fit(study, self._examples)
+
+            def seconds(config) -> float:
+                return model.predict(config, self._examples)
+
             # The cheapest configuration is a candidate too, as random draws rarely reach the first levels.
             target = math.log(level(spec, index, seconds(spec.cheapest_config())))
             candidates = [cheapest, *drawn]
@@ -107,7 +127,8 @@ class CostSpread(optuna.samplers.BaseSampler):
         rate = spec.param("learning_rate")
         if rate is not None and rate.start is not None:
             width = spec.config_for(optuna.trial.FixedTrial(chosen), seed=0).model.width
-            chosen = {**chosen, "learning_rate": start_learning_rate(rate, min(np.atleast_1d(width)))}
+            lr = start_learning_rate(rate, min(np.atleast_1d(width))) * (FAST_END_RATE if index == 0 else 1.0)
+            chosen = {**chosen, "learning_rate": min(lr, rate.high)}
         return chosen
 
     def sample_independent(self, study, trial, param_name, param_distribution):

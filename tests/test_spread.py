@@ -9,9 +9,8 @@ import pytest
 
 from mnist_core.machine import current
 from sweep import costmodel
-from sweep.spread import FAST_END_EPOCHS, START_WIDTH, CostSpread, level, start_learning_rate
+from sweep.spread import FAST_END_EPOCHS, FAST_END_RATE, FAST_END_WIDTH, START_WIDTH, CostSpread, level, start_learning_rate
 from sweep.storage import make_sampler
-from sweep.record import records
 from sweep.studyfile import STUDIES, load_study
 from sweep.testing.stores import load, study_text
 
@@ -32,20 +31,20 @@ def test_the_first_trials_of_the_map_climb_the_decades_of_cost():
         trial = study.ask()
         costs.append(predicted(spec, {p.name: p.suggest(trial) for p in spec.params}))
         study.tell(trial, state=optuna.trial.TrialState.FAIL)  # nothing trained: the cost model stays the prior
-    # Trial 0 is the fast end: the cheapest net, trained for FAST_END_EPOCHS so that its epochs climb the first decade.
+    # Trial 0 is the fast end: a one-layer net FAST_END_WIDTH wide, the cheapest values otherwise, trained for
+    # FAST_END_EPOCHS so that its epochs climb the first decade.
     cheapest = costmodel.CostModel(current()).predict(spec.cheapest_config(), EXAMPLES)
     fast_end = study.trials[0].params
-    assert fast_end["epochs"] == FAST_END_EPOCHS
-    assert {k: v for k, v in fast_end.items() if k not in ("epochs", "learning_rate")} == {
-        k: v for k, v in spec.cheapest_params(fast_end).items() if k not in ("epochs", "learning_rate")}
-    assert costs[0] == pytest.approx(FAST_END_EPOCHS * cheapest)
+    assert (fast_end["depth"], fast_end["width"], fast_end["epochs"]) == (1, FAST_END_WIDTH, FAST_END_EPOCHS)
+    assert {k: v for k, v in fast_end.items() if k not in ("width", "epochs", "learning_rate")} == {
+        k: v for k, v in spec.cheapest_params(fast_end).items() if k not in ("width", "epochs", "learning_rate")}
     # The others each aim at their own level, cheapest first: within a factor of two of it, and so in order.
     for index, cost in enumerate(costs[1:], start=1):
         assert abs(math.log(cost / level(spec, index, cheapest))) < math.log(2), (index, cost)
     assert costs[1:] == sorted(costs[1:])
     # Each is trained with the study file's start recipe, the first too (not at the low ends of the ranges,
     # which train worst), except where the cheapest net takes the cheap end (no dropout); the learning rate is
-    # the start's for the net's width.
+    # the start's for the net's width (FAST_END_RATE times it for the fast end, a short run).
     starts = {p.name: p.start for p in spec.params if p.start is not None}
     rate = spec.param("learning_rate")
     assert starts["learning_rate"] > rate.low
@@ -53,10 +52,13 @@ def test_the_first_trials_of_the_map_climb_the_decades_of_cost():
         taken = {name: value for name, value in starts.items()
                  if not (trial.number == 0 and name == "dropout") and name != "learning_rate"}
         assert {name: trial.params[name] for name in taken} == taken, trial.number
-        assert trial.params["learning_rate"] == start_learning_rate(rate, trial.params["width"]), trial.number
+        factor = FAST_END_RATE if trial.number == 0 else 1.0
+        assert trial.params["learning_rate"] == min(factor * start_learning_rate(rate, trial.params["width"]), rate.high), trial.number
     assert study.trials[0].params["dropout"] == 0.0
-    # The fast end is narrow: its rate is raised above the start; the wide nets keep it.
-    assert study.trials[0].params["learning_rate"] > starts["learning_rate"]
+    # The fast end's rate is raised above the start, and narrow levels' are; the wide nets keep it.
+    assert study.trials[0].params["learning_rate"] > FAST_END_RATE * starts["learning_rate"]
+    assert any(t.number > 0 and t.params["width"] < START_WIDTH and t.params["learning_rate"] > starts["learning_rate"]
+               for t in study.trials)
     assert any(t.params["width"] >= START_WIDTH and t.params["learning_rate"] == starts["learning_rate"] for t in study.trials)
     assert costs[-1] / cheapest > 100  # the start spans the decades from the cheapest net to the budget
 
@@ -85,8 +87,5 @@ def test_a_sweep_starts_at_the_fast_end(cli, tmp_path):
     assert code == 0, err
     spec = load_study(path)
     study = load(cli.store, "spread")
-    (first,) = [r for r in records(study) if r.number == 0]
-    examples = round(600 * (1 - spec.validation_fraction))  # the synthetic training set, less validation
-    cheapest = costmodel.CostModel(current()).predict(spec.cheapest_config(), examples)
-    assert study.trials[0].params["epochs"] == FAST_END_EPOCHS and study.trials[0].params["width"] == 8
-    assert abs(math.log(first.predicted_seconds / (FAST_END_EPOCHS * cheapest))) < math.log(2), (first.predicted_seconds, cheapest)
+    first = study.trials[0].params
+    assert (first["depth"], first["width"], first["epochs"]) == (spec.param("depth").low, FAST_END_WIDTH, FAST_END_EPOCHS)

@@ -7,12 +7,14 @@ basic-auth app, on ports 5434 and 5078, in a temporary folder), and stopped at t
 N workers are started as separate processes (not `--workers`, which the core count bounds), each a `sweep
 run` of one shared study: the real trial lifecycle, storage, tracking and heartbeats, with a stand-in trainer
 that imports no TensorFlow (each epoch sleeps EPOCH_SECONDS and reports a made-up accuracy), so that 32 of
-them fit in memory. While they run, the bench counts PostgreSQL's connections to the study's database
-(`pg_stat_activity`) every SAMPLE_SECONDS. Protocol, fixed here: TRIALS_PER_WORKER x N trials per study,
+them fit in memory. While they run, the bench counts PostgreSQL's client connections to the study's
+database (`pg_stat_activity`, backend type `client backend`) every SAMPLE_SECONDS; the other processes there
+(autovacuum workers, on slots of their own) are counted apart. Protocol, fixed here: TRIALS_PER_WORKER x N trials per study,
 EPOCHS epochs each, heartbeats every second (a stale interval of STALE_SECONDS).
 
 Fields per run: `workers`, `trials` (trained), `trials_per_second` (trained / wall clock from the first
-worker's start to the last one's end), `max_db_connections`, `lost` (requested but not trained), `duplicates`
+worker's start to the last one's end), `max_db_connections`, `max_other_backends` (the peak of each other
+backend type), `lost` (requested but not trained), `duplicates`
 (trained beyond the request, and MLflow runs beyond one per trial), `running_left` (trials and MLflow runs
 left RUNNING), `failed` (FAIL trials). The file's top level repeats the largest run's fields.
 """
@@ -79,13 +81,15 @@ def worker(argv: list[str]) -> int:
     return code
 
 
-def connections(directory: Path) -> int:
-    """Open connections to the study's database, as PostgreSQL counts them."""
-    query = "SELECT count(*) FROM pg_stat_activity WHERE datname = 'sweep_optuna'"
+def backends(directory: Path) -> dict[str, int]:
+    """PostgreSQL's processes on the study's database by type: `client backend` is a connection (what
+    max_connections bounds); autovacuum workers show there too, on slots of their own."""
+    query = "SELECT backend_type, count(*) FROM pg_stat_activity WHERE datname = 'sweep_optuna' GROUP BY backend_type"
     pg_bin = sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1]
     done = subprocess.run(["runuser", "-u", "postgres", "--", pg_bin / "psql", "-h", directory / "run", "-p", str(PORTS[0]),
-                           "-U", "postgres", "-d", "postgres", "-qtAc", query], capture_output=True, text=True)
-    return int(done.stdout.strip() or 0)
+                           "-U", "postgres", "-d", "postgres", "-qtAF", "\t", "-c", query], capture_output=True, text=True)
+    rows = (line.split("\t") for line in done.stdout.splitlines() if line.strip())
+    return {kind: int(count) for kind, count in rows}
 
 
 def run(count: int, directory: Path, data_dir: str, work: Path) -> dict:
@@ -103,12 +107,13 @@ def run(count: int, directory: Path, data_dir: str, work: Path) -> dict:
     requested = count * TRIALS_PER_WORKER
     argv = ["run", "--study", str(path), "--name", name, "--trials", str(requested), "--storage", storage, "--tracking-uri", tracking,
             "--data-dir", data_dir]
-    peak, done = 0, threading.Event()
+    peak: dict[str, int] = {}
+    done = threading.Event()
 
     def sample() -> None:
-        nonlocal peak
         while not done.wait(SAMPLE_SECONDS):
-            peak = max(peak, connections(directory))
+            for kind, count in backends(directory).items():
+                peak[kind] = max(peak.get(kind, 0), count)
 
     sampler = threading.Thread(target=sample, daemon=True)
     started = time.perf_counter()
@@ -122,7 +127,8 @@ def run(count: int, directory: Path, data_dir: str, work: Path) -> dict:
     broken = [(p.returncode, out[-1500:]) for p, out in zip(processes, outputs) if p.returncode]
     if broken:
         raise SystemExit(f"{len(broken)} of {count} workers failed; the first: exit {broken[0][0]}\n{broken[0][1]}")
-    return {"workers": count, "requested": requested, "wall_seconds": wall, "max_db_connections": peak,
+    return {"workers": count, "requested": requested, "wall_seconds": wall, "max_db_connections": peak.pop("client backend", 0),
+            "max_other_backends": peak,
             **tally(name, storage, tracking, env, requested)}
 
 

@@ -192,11 +192,17 @@ def _running(user_attrs: dict, number: int = 0) -> optuna.trial.FrozenTrial:
 
 
 class FakeClock:
+    """A monotonic clock that moves only when told to, or when `sleep` is called (which it records)."""
+
     def __init__(self):
-        self.now = 1000.0
+        self.now, self.pauses = 1000.0, []
 
     def __call__(self) -> float:
         return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+        self.now += seconds
 
 
 def test_a_trial_on_another_host_is_alive_while_its_heartbeat_changes_whatever_that_hosts_clock_says():
@@ -274,32 +280,20 @@ def _lost() -> Exception:
 
 def test_a_storage_call_waits_out_a_database_restart_with_backoff():
     clock = FakeClock()
-    pauses = []
-
-    def sleep(seconds):
-        pauses.append(seconds)
-        clock.now += seconds
-
     inner = Flaky(5, _lost())
-    assert Reconnecting(inner, clock, sleep).get_all_studies() == ["answered"]
-    assert inner.calls == 6 and pauses == [0.5, 1.0, 2.0, 4.0, 8.0]
+    assert Reconnecting(inner, clock, clock.sleep).get_all_studies() == ["answered"]
+    assert inner.calls == 6 and clock.pauses == [0.5, 1.0, 2.0, 4.0, 8.0]
 
 
 def test_a_storage_call_gives_up_after_the_reconnect_time_and_never_retries_other_errors():
     clock = FakeClock()
-    pauses = []
-
-    def sleep(seconds):
-        pauses.append(seconds)
-        clock.now += seconds
-
     down = Flaky(10**6, _lost())
     with pytest.raises(optuna.exceptions.StorageInternalError):
-        Reconnecting(down, clock, sleep).get_all_studies()
-    assert sum(pauses) <= RECONNECT_SECONDS and sum(pauses) > RECONNECT_SECONDS - 8.0
+        Reconnecting(down, clock, clock.sleep).get_all_studies()
+    assert sum(clock.pauses) <= RECONNECT_SECONDS and sum(clock.pauses) > RECONNECT_SECONDS - 8.0
     wrong = Flaky(1, ValueError("not a connection problem"))
     with pytest.raises(ValueError):
-        Reconnecting(wrong, clock, sleep).get_all_studies()
+        Reconnecting(wrong, clock, clock.sleep).get_all_studies()
     assert wrong.calls == 1 and not lost_connection(ValueError())
 
 

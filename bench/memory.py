@@ -3,7 +3,8 @@
 Runs `--trials` short trials of a small study on real MNIST, once with the default process recycling
 (`--recycle-every 25`) and once without (`--recycle-every 0`, what every sweep did before), sampling the
 resident memory of the sweep's process and all its children every 0.5 s; the figure for trial n is the
-last sample taken while n trials were done. Growth is measured from trial 10 to the last.
+last sample taken while n trials were done. Growth is the slope of a least-squares line through the figures of
+trials FIRST_TRIAL to the last but one (the last is sampled while the process exits), with its standard error.
 Writes bench/results/memory.{json,md,png}.
 
 Usage: python bench/memory.py --data-dir ../shared/datasets/mnist [--trials 100]
@@ -11,7 +12,6 @@ Usage: python bench/memory.py --data-dir ../shared/datasets/mnist [--trials 100]
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
@@ -19,11 +19,14 @@ import time
 from pathlib import Path
 
 import psutil
-from common import RESULTS, commit, parse_args, publish
+from common import RESULTS, clean_tree, commit, machine, parse_args, publish
+from stats import growth_slope
 
 from sweep.testing.stores import finished, study_text, sweep_process
 
 NAME = "memory"
+# Growth is read from here on: the first trials still trace and cache (bench/results/memory.png).
+FIRST_TRIAL = 10
 # The tests' tiny study, sized for short trials on real MNIST.
 STUDY = study_text(NAME, width="{ low = 32, high = 256, log = true }", epochs="{ choices = [1] }", batch_size="512")
 
@@ -57,9 +60,10 @@ def sweep_memory(root: Path, data_dir: str, trials: int, recycle_every: int) -> 
         sys.exit(f"the sweep failed (exit {process.returncode}): run it by hand to see why")
     counts = sorted(by_trial)
     last = counts[-1]
-    growth = (by_trial[last] - by_trial[10]) / (last - 10) if 10 in by_trial and last > 10 else None
-    return {"recycle_every": recycle_every, "trials": last, "peak_rss_mib": peak, "rss_after_10_mib": by_trial.get(10),
-            "rss_at_end_mib": by_trial[last], "growth_mib_per_trial": growth,
+    fitted = [n for n in counts if FIRST_TRIAL <= n < last]
+    slope, stderr = growth_slope(fitted, [by_trial[n] for n in fitted]) if len(fitted) >= 3 else (None, None)
+    return {"recycle_every": recycle_every, "trials": last, "peak_rss_mib": peak, "rss_after_10_mib": by_trial.get(FIRST_TRIAL),
+            "rss_at_end_mib": by_trial[last], "growth_slope_mib_per_trial": slope, "growth_slope_stderr": stderr,
             "rss_by_trial": {str(n): round(by_trial[n], 1) for n in counts}}
 
 
@@ -93,9 +97,9 @@ def main() -> None:
         (root / "memory.toml").write_text(STUDY)
         runs = [sweep_memory(root, args.data_dir, args.trials, recycle) for recycle in (25, 0)]
     default = runs[0]
-    result = {"command": command, "commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-              "machine": f"{os.cpu_count()} CPU cores, TensorFlow backend, real MNIST",
-              "trials": default["trials"], "growth_mib_per_trial": default["growth_mib_per_trial"], "runs": runs}
+    result = {"command": command, "commit": commit(), "clean_tree": clean_tree(), "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+              "machine": machine(), "trials": default["trials"], "growth_slope_mib_per_trial": default["growth_slope_mib_per_trial"],
+              "growth_slope_stderr": default["growth_slope_stderr"], "runs": runs}
     RESULTS.mkdir(exist_ok=True)
     chart(runs, RESULTS / "memory.png")
     lines = [
@@ -103,12 +107,14 @@ def main() -> None:
         f"Command: `{command}` (commit {result['commit']}, {(time.time() - started) / 60:.1f} min)  ",
         f"Date: {result['date']}; machine: {result['machine']}.", "",
         f"{args.trials} one-epoch trials (1-2 x 32-256, batch 512) per run; resident memory of the whole process tree.", "",
-        "| process | trials | after trial 10 | at the end | peak | growth per trial, trial 10 to the end |",
+        f"| process | trials | after trial {FIRST_TRIAL} | at the end | peak | growth per trial (least squares, trials {FIRST_TRIAL} "
+        f"to {args.trials - 1}) |",
         "|---|---|---|---|---|---|",
     ]
     for run in runs:
         label = f"recycled every {run['recycle_every']} trials (default)" if run["recycle_every"] else "never recycled (before)"
-        growth = f"{run['growth_mib_per_trial']:+.2f} MiB" if run["growth_mib_per_trial"] is not None else "-"
+        slope, stderr = run["growth_slope_mib_per_trial"], run["growth_slope_stderr"]
+        growth = f"{slope:+.3f} ± {stderr:.3f} MiB" if slope is not None else "-"
         lines.append(f"| {label} | {run['trials']} | {run['rss_after_10_mib']:.0f} MiB | {run['rss_at_end_mib']:.0f} MiB | "
                      f"{run['peak_rss_mib']:.0f} MiB | {growth} |")
     lines += ["", "![memory](memory.png)"]

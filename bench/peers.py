@@ -48,6 +48,7 @@ import time
 from pathlib import Path
 
 from common import RESULTS, ROOT, commit, publish
+from stats import median_range, paired_ratio
 
 from sweep.studyfile import STUDIES
 
@@ -333,23 +334,6 @@ def reference_check(cells: dict) -> dict:
         "hypervolume_ratio_vs_plain_optuna_by_reference_accuracy": ratios(plain),
         "hypervolume_ratio_vs_each_plain_loop_by_reference_accuracy": {m: ratios([m]) for m in plain},
     }
-
-
-def median_range(values: list[float]) -> dict | None:
-    values = [v for v in values if v is not None]
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)} if values else None
-
-
-def paired_ratio(cells: dict, ours: str, theirs: str | tuple[str, ...], measure: str, best=max) -> float | None:
-    """Median over the seeds both ran of ours / theirs (`theirs` several methods: the best of them per seed)."""
-    theirs = (theirs,) if isinstance(theirs, str) else theirs
-    ratios = []
-    for seed, mine in cells.get(ours, {}).items():
-        other = [cells[t][seed].get(measure) for t in theirs if seed in cells.get(t, {})]
-        other = [o for o in other if o]
-        if mine.get(measure) is not None and other:
-            ratios.append(mine[measure] / best(other))
-    return statistics.median(ratios) if ratios else None
 
 
 def summary(cells: dict) -> tuple[dict, list[str]]:

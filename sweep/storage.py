@@ -8,6 +8,8 @@ several processes on one machine and readable by Optuna's own tools. Any Optuna 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 import warnings
 from dataclasses import dataclass
@@ -74,6 +76,15 @@ def _check_journal(path: Path) -> None:
 ENGINE = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 0}
 
 
+def engine_options(url: str) -> dict[str, Any]:
+    """SQLAlchemy's options for the RDB storage at `url`: ENGINE, and on PostgreSQL a name on each connection,
+    `sweep PID HOST` (`application_name`, unless the URL names one), so that pg_stat_activity shows which worker
+    holds it."""
+    if not url.startswith("postgresql") or "application_name=" in url:
+        return ENGINE
+    return {**ENGINE, "connect_args": {"application_name": f"sweep {os.getpid()} {socket.gethostname()}"}}
+
+
 def open_storage(storage: str | None, store: Path) -> BaseStorage:
     """The storage named by `--storage` (URL or journal file path), else the store's journal file.
 
@@ -82,7 +93,7 @@ def open_storage(storage: str | None, store: Path) -> BaseStorage:
     if storage and "://" in storage:
         for attempt in range(SCHEMA_ATTEMPTS):
             try:
-                return Reconnecting(optuna_private.cached(RDBStorage(storage, engine_kwargs=ENGINE)))
+                return Reconnecting(optuna_private.cached(RDBStorage(storage, engine_kwargs=engine_options(storage))))
             except ImportError:  # Optuna's word for a database driver (psycopg for PostgreSQL) that is not installed
                 raise StorageError(
                     f"cannot open storage {mask_url(storage)}: its database driver is not installed; install it with "

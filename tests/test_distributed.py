@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import uuid
 from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from mlflow.tracking import MlflowClient
 
 from sweep.record import FINISHED
+from sweep.storage import open_storage
 from sweep.testing.stores import ROOT, check_consistent, sweep_process
 
 SERVER_DIR = os.environ.get("SWEEP_TEST_SERVER_DIR")
@@ -30,11 +33,14 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+def secret(user: str) -> str:
+    return (Path(SERVER_DIR) / "secrets" / f"{user}.password").read_text().strip()
+
+
 def test_two_workers_finish_one_study_through_postgresql_and_an_mlflow_server(tmp_path, idx_dir, study_file, monkeypatch):
     name = f"tiny-{uuid.uuid4().hex[:8]}"
     subprocess.run([ROOT / "deploy/sweep-server", "add-worker", "worker", "--study", name, "--dir", SERVER_DIR],
                    check=True, capture_output=True)
-    secret = lambda user: (Path(SERVER_DIR) / "secrets" / f"{user}.password").read_text().strip()  # noqa: E731
     for variable, value in (("PGPASSWORD", secret("sweep")), ("MLFLOW_TRACKING_USERNAME", "worker"),
                             ("MLFLOW_TRACKING_PASSWORD", secret("worker"))):
         monkeypatch.setenv(variable, value)
@@ -54,3 +60,14 @@ def test_two_workers_finish_one_study_through_postgresql_and_an_mlflow_server(tm
     manifest = json.loads(Path(client.download_artifacts(trial.user_attrs["mlflow_run_id"], "manifest.json")).read_text())
     assert manifest["seed"] == trial.user_attrs["seed"]  # artifacts went through the server, not a local folder
     assert not any((tmp_path / f"machine-{i}" / "artifacts").exists() for i in range(2))
+
+
+def test_a_workers_database_connections_carry_its_process_and_host_for_pg_stat_activity(tmp_path, monkeypatch):
+    monkeypatch.setenv("PGPASSWORD", secret("sweep"))
+    opened = open_storage(POSTGRES, tmp_path)
+    opened.get_all_studies()  # its pool keeps the connection open after the call
+    observer = sqlalchemy.create_engine(POSTGRES, poolclass=sqlalchemy.pool.NullPool)
+    with observer.connect() as connection:
+        names = connection.execute(sqlalchemy.text(
+            "SELECT application_name FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND datname = current_database()")).scalars().all()
+    assert f"sweep {os.getpid()} {socket.gethostname()}" in names

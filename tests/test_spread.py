@@ -9,7 +9,7 @@ import pytest
 
 from mnist_core.machine import current
 from sweep import costmodel
-from sweep.spread import FAST_END_EPOCHS, FAST_END_RATE, FAST_END_WIDTH, START_WIDTH, CostSpread, level, start_learning_rate
+from sweep.spread import FAST_END_EPOCHS, FAST_END_RATE, FAST_END_WIDTH, START_WIDTH, CostSpread, fast_end, level, start_learning_rate
 from sweep.storage import make_sampler
 from sweep.studyfile import STUDIES, load_study
 from sweep.testing.stores import load, study_text
@@ -68,6 +68,14 @@ def test_the_start_learning_rate_is_raised_for_narrow_nets_within_the_range():
     assert start_learning_rate(rate, START_WIDTH) == start_learning_rate(rate, 2048) == rate.start
     assert start_learning_rate(rate, START_WIDTH // 4) == pytest.approx(2 * rate.start)
     assert start_learning_rate(rate, 1) == rate.high
+
+
+def test_the_fast_end_takes_the_searched_values_nearest_its_width_and_epochs(tmp_path):
+    path = tmp_path / "choices.toml"
+    path.write_text(study_text(width="{ choices = [8, 100, 4096] }", epochs="{ low = 6, high = 9 }"))
+    cheapest = {"depth": 1, "width": 8, "epochs": 6, "learning_rate": 1e-3}
+    assert 28 < FAST_END_WIDTH < 640 and FAST_END_EPOCHS < 6  # between the log midpoints of 8, 100 and 4096; below the range
+    assert fast_end(load_study(path), cheapest) == {**cheapest, "width": 100, "epochs": 6}
 
 
 def test_without_the_training_set_size_or_with_no_spread_the_sampler_is_the_studys_own():

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -405,6 +406,20 @@ def test_report_writes_table_csv_and_chart(cli):
 
     assert frame["pareto"].tolist() == [not dominated(i) for i in range(len(points))]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_sweep_never_reads_the_test_split_only_best_does(cli, idx_dir, tmp_path):
+    # A data dir without the test files: `run` trains and charts without them; `best`, which tests the model
+    # selected on validation, is the first command that needs them.
+    train_only = tmp_path / "train-only"
+    train_only.mkdir()
+    for path in idx_dir.glob("train-*"):
+        shutil.copy(path, train_only)
+    code, out, err = cli("run", "--trials", "2", "--data-dir", str(train_only), data=False)
+    assert code == 0, err
+    assert count_finished(load(cli.store)) == 2
+    code, out, err = cli("best", "--data-dir", str(train_only), data=False)
+    assert code == 2 and "t10k-images" in err
 
 
 def test_best_retrains_tests_and_registers_the_model(cli):

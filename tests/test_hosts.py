@@ -33,8 +33,6 @@ from sweep.workers import CLOCK_OFFSET_ENV, STALE_ENV
 SERVER, WORKERS_SUBNET = f"{SUBNET}.1", f"{SUBNET}.16/28"
 # The README's example addresses and folders, and what they stand for on the test hosts.
 DOCUMENTED = {"10.0.0.5": SERVER, "10.0.0.16/28": WORKERS_SUBNET}
-# One xdist worker runs them all (pyproject's --dist loadgroup), so the server host starts once.
-pytestmark = pytest.mark.xdist_group("hosts")
 STALE = "4"  # seconds: a lost trial is recovered in seconds, not minutes
 SLOW = {"epochs": "{ low = 24, high = 28 }"}  # trials of a few seconds: a fault lands while one trains
 

@@ -12,7 +12,8 @@ trial draws CANDIDATES configurations at random, with its own seed, and runs the
 nearest its level. A value the study file gives a `start` for (a recipe that trains well at any length) is
 taken as given rather than drawn, so that each level's trial shows what its size and length can do rather
 than what a random learning rate does to it; the start learning rate is raised for narrow nets
-(`start_learning_rate`). After the first n trials the study's own sampler (TPE) takes over.
+(`start_learning_rate`), and a run shorter than AUGMENT_FROM_EPOCHS trains without augmentation
+(`candidate`). After the first n trials the study's own sampler (TPE) takes over.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ FAST_END_RATE = 2.0
 # The study file's start learning rate is for nets this wide or wider; narrower nets train best at a larger one
 # (bench/results/fast_end.md).
 START_WIDTH = 256
+# Augmentation pays off from this many epochs: in the earlier maps' runs of 5 to 9 epochs half strength trained
+# better than none, and a shorter run spends on it what it could spend on a larger net (bench/results/coverage.md).
+AUGMENT_FROM_EPOCHS = 5
 
 
 def draw(param: Param, rng: np.random.Generator) -> Any:
@@ -52,6 +56,16 @@ def draw(param: Param, rng: np.random.Generator) -> Any:
     low, high = param.low, param.high + 1 if integer else param.high  # an integer range includes its high end
     value = math.exp(rng.uniform(math.log(low), math.log(high))) if param.log else rng.uniform(low, high)
     return int(min(math.floor(value), param.high)) if integer else float(min(value, param.high))
+
+
+def candidate(spec: StudySpec, rng: np.random.Generator) -> dict[str, Any]:
+    """A spread trial's candidate values (`draw`), with no augmentation if it trains for fewer than
+    AUGMENT_FROM_EPOCHS epochs."""
+    values = {p.name: draw(p, rng) for p in spec.params}
+    strength = spec.param("strength")
+    if strength is not None and spec.config_for(optuna.trial.FixedTrial(values), seed=0).epochs < AUGMENT_FROM_EPOCHS:
+        values["strength"] = min(strength.choices or (strength.low, strength.high))
+    return values
 
 
 def start_learning_rate(param: Param, width: int) -> float:
@@ -107,7 +121,7 @@ class CostSpread(optuna.samplers.BaseSampler):
         cost model of the trials so far) are nearest level `index`; with the start learning rate for its width
         (FAST_END_RATE times it for the fast end)."""
         spec = self._spec
-        drawn = [{p.name: draw(p, self._rng) for p in spec.params} for _ in range(1 if index == 0 else CANDIDATES)]
+        drawn = [candidate(spec, self._rng) for _ in range(1 if index == 0 else CANDIDATES)]
         # The values that do not set the cheapest net's cost (the learning rate, ...) come from a candidate (the
         # start recipe, or drawn), not from the low ends of their ranges, which train worst.
         cheapest = spec.cheapest_params(drawn[0])

@@ -9,7 +9,7 @@ import pytest
 
 from mnist_core.machine import current
 from sweep import costmodel
-from sweep.spread import FAST_END_EPOCHS, FAST_END_RATE, FAST_END_WIDTH, START_WIDTH, CostSpread, fast_end, level, start_learning_rate
+from sweep.spread import AUGMENT_FROM_EPOCHS, FAST_END_EPOCHS, FAST_END_RATE, FAST_END_WIDTH, START_WIDTH, CostSpread, fast_end, level, start_learning_rate
 from sweep.storage import make_sampler
 from sweep.studyfile import STUDIES, load_study
 from sweep.testing.stores import load, study_text
@@ -43,18 +43,22 @@ def test_the_first_trials_of_the_map_climb_the_decades_of_cost():
         assert abs(math.log(cost / level(spec, index, cheapest))) < math.log(2), (index, cost)
     assert costs[1:] == sorted(costs[1:])
     # Each is trained with the study file's start recipe, the first too (not at the low ends of the ranges,
-    # which train worst), except where the cheapest net takes the cheap end (no dropout); the learning rate is
-    # the start's for the net's width (FAST_END_RATE times it for the fast end, a short run).
+    # which train worst), except where the cheapest net takes the cheap end (no dropout, no augmentation) and
+    # a run shorter than AUGMENT_FROM_EPOCHS trains without augmentation; the learning rate is the start's for
+    # the net's width (FAST_END_RATE times it for the fast end, a short run).
     starts = {p.name: p.start for p in spec.params if p.start is not None}
+    assert starts["dropout"] > 0 and starts["strength"] > 0
     rate = spec.param("learning_rate")
     assert starts["learning_rate"] > rate.low
     for trial in study.trials:
-        taken = {name: value for name, value in starts.items()
-                 if not (trial.number == 0 and name == "dropout") and name != "learning_rate"}
+        short = trial.params["epochs"] < AUGMENT_FROM_EPOCHS
+        expected = {**starts, **({"dropout": 0.0} if trial.number == 0 else {}), **({"strength": 0.0} if short else {})}
+        taken = {name: value for name, value in expected.items() if name != "learning_rate"}
         assert {name: trial.params[name] for name in taken} == taken, trial.number
         factor = FAST_END_RATE if trial.number == 0 else 1.0
         assert trial.params["learning_rate"] == min(factor * start_learning_rate(rate, trial.params["width"]), rate.high), trial.number
-    assert study.trials[0].params["dropout"] == 0.0
+    assert study.trials[0].params["epochs"] < AUGMENT_FROM_EPOCHS
+    assert {t.params["strength"] for t in study.trials[1:]} == {0.0, starts["strength"]}  # short and long runs
     # The fast end's rate is raised above the start, and narrow levels' are; the wide nets keep it.
     assert study.trials[0].params["learning_rate"] > FAST_END_RATE * starts["learning_rate"]
     assert any(t.number > 0 and t.params["width"] < START_WIDTH and t.params["learning_rate"] > starts["learning_rate"]

@@ -7,6 +7,7 @@ project is installed (`pip install -e ".[test,bench]"`), and its `sweep.testing`
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -21,17 +22,30 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
 
-def commit() -> str:
+# What a result depends on: the code that trains and searches (the study files are in sweep/), the benches, and
+# the pinned dependencies; not the results themselves.
+CODE, NOT_CODE = ("mnist_core", "sweep", "bench", "pyproject.toml"), "bench/results/"
+
+
+def commit(root: Path = ROOT) -> str:
     """The short commit being measured."""
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
 
 
-def clean_tree() -> bool:
+def clean_tree(root: Path = ROOT) -> bool:
     """Whether every tracked file outside bench/results/ matches the commit (results written by earlier cells
     do not count)."""
     changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results"],
-                             cwd=ROOT, capture_output=True, text=True).stdout
+                             cwd=root, capture_output=True, text=True).stdout
     return not changed.strip()
+
+
+def code_hash(root: Path = ROOT, revision: str = "HEAD") -> str:
+    """A hash of the contents of CODE at `revision`: equal for two commits exactly when a result measured at one
+    still stands for the other."""
+    listed = subprocess.run(["git", "ls-tree", "-r", revision, "--", *CODE], cwd=root, capture_output=True, text=True, check=True).stdout
+    kept = [line for line in listed.splitlines() if not line.split("\t", 1)[1].startswith(NOT_CODE)]
+    return hashlib.sha256("\n".join(kept).encode()).hexdigest()[:16]
 
 
 def machine() -> str:

@@ -1,6 +1,8 @@
 """After the sweep: pick the winner, retrain it with its seed, test it once, save, log and register it.
 
-This is the only place the test split is read: selection uses validation accuracy alone.
+This is the only place the test split is read: selection uses validation accuracy alone. With another
+training seed (`--seed`) the same selected configuration and epoch are retrained and tested once more, so that
+a headline can be the median over seeds rather than one draw of initial weights and batch order.
 """
 
 from __future__ import annotations
@@ -28,19 +30,20 @@ class SelectionError(Exception):
     """No trial qualifies (none complete, or none under the time limit)."""
 
 
-def _under(max_train_seconds: float | None) -> str:
-    return "" if max_train_seconds is None else f"-under-{max_train_seconds:g}s"
+def _suffix(max_train_seconds: float | None, seed: int | None) -> str:
+    return ("" if max_train_seconds is None else f"-under-{max_train_seconds:g}s") + ("" if seed is None else f"-seed-{seed}")
 
 
-def model_name(study_name: str, max_train_seconds: float | None = None) -> str:
-    """The .keras file name of a study's winner under one selection rule: each rule keeps its own file."""
-    return f"{study_name}{_under(max_train_seconds)}.keras"
+def model_name(study_name: str, max_train_seconds: float | None = None, seed: int | None = None) -> str:
+    """The .keras file name of a study's winner under one selection rule and training seed (None: the trial's):
+    each keeps its own file."""
+    return f"{study_name}{_suffix(max_train_seconds, seed)}.keras"
 
 
-def run_name(trial_number: int, max_train_seconds: float | None = None) -> str:
-    """The MLflow run name of a retrained winner, which says the rule that chose it: `best-trial-48`,
-    `best-trial-48-under-2.2s`."""
-    return f"best-trial-{trial_number}{_under(max_train_seconds)}"
+def run_name(trial_number: int, max_train_seconds: float | None = None, seed: int | None = None) -> str:
+    """The MLflow run name of a retrained winner, which says the rule that chose it and a seed other than the
+    trial's: `best-trial-48`, `best-trial-48-under-2.2s`, `best-trial-48-seed-1`."""
+    return f"best-trial-{trial_number}{_suffix(max_train_seconds, seed)}"
 
 
 def select_point(study: optuna.Study, max_train_seconds: float | None = None) -> tuple[FrozenTrial, Point]:
@@ -61,11 +64,12 @@ def select_point(study: optuna.Study, max_train_seconds: float | None = None) ->
     return study.get_trials(deepcopy=False)[point.trial], point
 
 
-def retrain(spec: StudySpec, trial: FrozenTrial, splits: Splits, epoch: int) -> TrainResult:
-    """The trial's configuration and seed, trained as planned and stopped after `epoch`: the learning-rate
-    schedule runs over the trial's planned epochs, so the weights are the trial's at that epoch (on CPU)."""
+def retrain(spec: StudySpec, trial: FrozenTrial, splits: Splits, epoch: int, seed: int | None = None) -> TrainResult:
+    """The trial's configuration and seed (or `seed`), trained as planned and stopped after `epoch`: the
+    learning-rate schedule runs over the trial's planned epochs, so with the trial's seed the weights are the
+    trial's at that epoch (on CPU)."""
     rec = TrialRecord.load(trial)
-    config = spec.config_for(optuna.trial.FixedTrial(trial.params), seed=rec.seed)
+    config = spec.config_for(optuna.trial.FixedTrial(trial.params), seed=rec.seed if seed is None else seed)
     if rec.jit_compile is not None:  # the path the trial ran on (XLA or not), not one chosen anew
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, jit_compile=rec.jit_compile))
     warm_up(splits)  # timed like the trial it repeats: the sweep timed it in a warm process
@@ -124,24 +128,26 @@ def log_best(
     return test
 
 
-def run_best(options: Options, max_train_seconds: float | None, model_path: Path | None) -> int:
-    """`sweep best`: select on validation, retrain, test once, save and register; print what and where."""
+def run_best(options: Options, max_train_seconds: float | None, model_path: Path | None, seed: int | None = None) -> int:
+    """`sweep best`: select on validation, retrain (with the trial's seed, or `seed`), test once, save and
+    register; print what and where."""
     spec = study_spec(options)
     study = open_study(options, spec, open_store(options), create=False)
     trial, point = select_point(study, max_train_seconds)
     source, splits = load_data(options, spec)
     rec = TrialRecord.load(trial)
+    seeded = f"seed {rec.seed}" if seed is None else f"seed {seed} instead of the trial's {rec.seed}"
     print(f"retraining trial {trial.number} ({trial.params}) for {point.epoch} of its {rec.epochs or '?'} epoch(s), "
-          f"seed {rec.seed} (its epoch {point.epoch}: val accuracy {point.val_accuracy:.4f} after {point.seconds:.1f} s)", flush=True)
-    result = retrain(spec, trial, splits, point.epoch)
+          f"{seeded} (its epoch {point.epoch}: val accuracy {point.val_accuracy:.4f} after {point.seconds:.1f} s)", flush=True)
+    result = retrain(spec, trial, splits, point.epoch, seed)
     # Retrained here: its seconds are this machine's; in the study's seconds they compare with the sweep's.
     study_seconds = result.seconds * seconds_scale(result.config, len(splits.train), current(), study_machine(study, create=False))
-    path = model_path or options.store / "models" / model_name(study.study_name, max_train_seconds)
+    path = model_path or options.store / "models" / model_name(study.study_name, max_train_seconds, seed)
     test = log_best(open_tracker(options, study), options.tracking, study, trial, result, splits, source, path,
-                    selection_rule(max_train_seconds), study_seconds, run_name(trial.number, max_train_seconds))
+                    selection_rule(max_train_seconds), study_seconds, run_name(trial.number, max_train_seconds, seed))
     took = f"{result.seconds:.1f} s" + (f" here, {study_seconds:.1f} study seconds" if round(study_seconds, 1) != round(result.seconds, 1) else "")
-    print(f"trial {trial.number}, epoch {point.epoch}: val accuracy {result.epochs[-1].val_accuracy:.4f} "
-          f"(sweep: {point.val_accuracy:.4f}), test accuracy {test['test_accuracy']:.4f}, "
+    print(f"trial {trial.number}, epoch {point.epoch}{'' if seed is None else f', seed {seed}'}: val accuracy "
+          f"{result.epochs[-1].val_accuracy:.4f} (sweep: {point.val_accuracy:.4f}), test accuracy {test['test_accuracy']:.4f}, "
           f"test loss {test['test_loss']:.4f}, trained in {took}")
     print(f"saved {path}; registered in MLflow as mnist-{study.study_name}")
     if model_path is None and max_train_seconds is not None:

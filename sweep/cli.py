@@ -91,8 +91,12 @@ def _best_arguments(p: argparse.ArgumentParser) -> None:
     _study(p)
     _data(p)
     p.add_argument("--max-train-seconds", type=POSITIVE_SECONDS, help="pick the most accurate trial that trained within this many seconds")
+    p.add_argument("--seed", type=NON_NEGATIVE_INT,
+                   help="retrain with this training seed instead of the trial's: the same configuration and epoch, "
+                        "other initial weights and batch order (for a median over seeds)")
     p.add_argument("--model", type=Path,
-                   help="where to save the .keras file (default: STORE/models/STUDY.keras, or STUDY-under-Ts.keras with --max-train-seconds T)")
+                   help="where to save the .keras file (default: STORE/models/STUDY.keras; STUDY-under-Ts.keras with "
+                        "--max-train-seconds T, STUDY-seed-N.keras with --seed N)")
 
 
 def _report_arguments(p: argparse.ArgumentParser) -> None:
@@ -156,7 +160,7 @@ def _report(args: argparse.Namespace) -> int:
 def _best(args: argparse.Namespace) -> int:
     from sweep.best import run_best
 
-    return run_best(Options.from_args(args), args.max_train_seconds, args.model)
+    return run_best(Options.from_args(args), args.max_train_seconds, args.model, args.seed)
 
 
 def _estimate(args: argparse.Namespace) -> int:

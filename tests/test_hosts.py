@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from sweep.testing.hosts import SUBNET, Host, Network, namespaces, unavailable
+from sweep.testing.hosts import SUBNET, Host, Network, unavailable
 from sweep.testing.stores import ROOT, study_text
 from sweep.workers import CLOCK_OFFSET_ENV, STALE_ENV
 
@@ -176,7 +176,6 @@ class Site:
 def site(idx_dir):
     if reason := unavailable() or _postgres_missing():
         pytest.skip(reason)
-    before = set(namespaces())
     directory = Path(tempfile.mkdtemp(prefix="mnist-sweep-server-"))
     directory.chmod(0o755)  # the postgres user runs its cluster inside
     network = Network()
@@ -188,7 +187,21 @@ def site(idx_dir):
                            capture_output=True, timeout=120)
         network.close()
         shutil.rmtree(directory, ignore_errors=True)
-    assert set(namespaces()) == before, "a test host was left behind"
+    assert not network.leftovers(), f"a test host was left behind: {network.leftovers()}"
+
+
+def test_a_network_checks_its_own_leftovers_not_those_of_networks_beside_it():
+    # Tests in other xdist workers build networks at the same time: a machine-wide before/after comparison of
+    # namespaces would blame one test for another's hosts.
+    if reason := unavailable():
+        pytest.skip(reason)
+    with Network() as mine, Network() as other:
+        mine.add("probe", 9)
+        other.add("probe", 9)
+        assert sorted(mine.leftovers()) == sorted([f"probe-{mine.tag}", mine.switch])  # the veth pair is inside them
+        mine.close()
+        assert mine.leftovers() == [] and sorted(other.leftovers()) == sorted([f"probe-{other.tag}", other.switch])
+    assert other.leftovers() == []
 
 
 def retried_once(facts: dict, victim: int, reason: str) -> None:

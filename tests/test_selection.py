@@ -74,6 +74,8 @@ def test_each_selection_rule_has_its_own_model_file():
     assert model_name("tradeoff") == "tradeoff.keras"
     assert model_name("tradeoff", 5.0) == "tradeoff-under-5s.keras"
     assert model_name("tradeoff", 2.5) != model_name("tradeoff", 5.0) != model_name("tradeoff")
+    assert model_name("tradeoff", seed=1) == "tradeoff-seed-1.keras" != model_name("tradeoff", seed=2)
+    assert model_name("tradeoff", 5.0, seed=1) == "tradeoff-under-5s-seed-1.keras"
 
 
 def test_hypervolume_of_a_known_front():

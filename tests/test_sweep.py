@@ -22,6 +22,7 @@ from mnist_core import trainer as trainer_module
 from sweep import loop
 from sweep import trial as trial_module
 from sweep.points import Scale, hypervolume
+from sweep.record import TrialRecord
 from sweep.storage import count_finished
 from sweep.testing.stores import TINY, load, runs
 
@@ -470,6 +471,28 @@ def test_best_retrains_tests_and_registers_the_model(cli):
 
     code, _, err = cli("best", "--max-train-seconds", "0.000001")
     assert code == 2 and "no epoch of any trial ended within" in err
+
+
+def test_best_retrains_the_selected_epoch_with_another_training_seed_beside_the_trials_own(cli):
+    assert cli("run", "--trials", "2")[0] == 0
+    assert cli("best")[0] == 0
+    code, out, err = cli("best", "--seed", "5")
+    assert code == 0, err
+    study = load(cli.store)
+    _, all_runs = runs(cli.store)
+    best = {r.info.run_name: r for r in all_runs if r.data.tags.get("role") == "best"}
+    own = next(r for name, r in best.items() if not name.endswith("-seed-5"))
+    other = best[f"{own.info.run_name}-seed-5"]
+    trial_seed = TrialRecord.load(study.trials[int(own.data.tags["optuna.trial_number"])]).seed
+    # The same selected trial, its configuration and stopping epoch, trained from other initial weights.
+    assert other.data.tags["optuna.trial_number"] == own.data.tags["optuna.trial_number"]
+    assert (own.data.params["seed"], other.data.params["seed"]) == (str(trial_seed), "5")
+    assert {k: v for k, v in other.data.params.items() if k != "seed"} == {k: v for k, v in own.data.params.items() if k != "seed"}
+    assert f"seed 5 instead of the trial's {trial_seed}" in out and 0.5 < other.data.metrics["test_accuracy"] <= 1
+    seeded = cli.store / "models" / "tiny-seed-5.keras"
+    assert f"saved {seeded}" in out and seeded.is_file() and (cli.store / "models" / "tiny.keras").is_file()
+    code, _, err = cli("best", "--seed", "-1")
+    assert code == 2 and "--seed" in err
 
 
 def test_predict_classifies_images_it_drew(cli, tmp_path, splits):

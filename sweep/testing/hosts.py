@@ -138,6 +138,13 @@ class Network:
         for namespace in [host.namespace for host in self.hosts] + [self.switch]:
             subprocess.run(["ip", "netns", "delete", namespace], capture_output=True)
 
+    def leftovers(self) -> list[str]:
+        """This network's namespaces and links still on the machine: none once it is closed. Only its own (by
+        its tag), so that tests running networks side by side, in other processes, each check their own."""
+        links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+        names = namespaces() + [line.split(":")[1].strip().split("@")[0] for line in links.splitlines() if line.count(":") >= 2]
+        return [name for name in names if self.tag in name]
+
     def __enter__(self) -> Network:
         return self
 
@@ -146,6 +153,6 @@ class Network:
 
 
 def namespaces() -> list[str]:
-    """Every network namespace on the machine (to check that a test left none)."""
+    """Every network namespace on the machine."""
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     return [line.split()[0] for line in listed.splitlines() if line.strip()]

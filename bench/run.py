@@ -103,10 +103,10 @@ class Ledger:
 
 
 def run_cell(cell: Cell, data_dir: str | None, root: Path) -> tuple[int, dict]:
-    argv = [sys.executable, *cell.argv, *(["--data-dir", data_dir] if cell.data else [])]
+    args = [*cell.argv, *(["--data-dir", data_dir] if cell.data else [])]
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    done = subprocess.run(argv, cwd=root)
-    return done.returncode, {"command": " ".join(["python", *cell.argv, *(["--data-dir", data_dir] if cell.data else [])]),
+    done = subprocess.run([sys.executable, *args], cwd=root)
+    return done.returncode, {"command": " ".join(["python", *args]),
                              "started": started, "ended": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
